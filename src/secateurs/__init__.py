@@ -1,0 +1,16 @@
+"""secateurs: decoding-time alignment of language models, batched and KV-cached."""
+
+from .api import align
+from .engine import RolloutBatch
+from .errors import RewardError, SecateursError
+from .meter import Cost
+from .models import load_policy
+from .policy import Policy
+from .prompts import Prompt, builtin_prompts, load_prompts
+from .results import AlignResult
+from .rewards import Reward, load_reward
+from .sampling import SamplingParams
+
+__version__ = "0.1.0"
+__all__ = ["align", "AlignResult", "Cost", "Policy", "Prompt", "Reward", "RewardError", "RolloutBatch",
+           "SamplingParams", "SecateursError", "builtin_prompts", "load_policy", "load_prompts", "load_reward"]

@@ -1,0 +1,42 @@
+"""The Python entry point: secateurs.align(prompts, policy=..., reward=..., method=..., **options)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+from .methods import get_method
+from .models import load_policy
+from .policy import Policy
+from .prompts import Prompt, load_prompts, make_prompts
+from .results import AlignResult
+from .rewards import Reward, load_reward
+from .runner import run_prompts
+
+
+def resolve_prompts(prompts: Any) -> list[Prompt]:
+    """A prompt file path, one prompt string, or a list of strings / messages lists / dicts / Prompts."""
+    if isinstance(prompts, Path) or (isinstance(prompts, str) and prompts.endswith((".jsonl", ".json"))
+                                     and Path(prompts).is_file()):
+        return load_prompts(prompts)
+    if isinstance(prompts, (str, Prompt)):
+        prompts = [prompts]
+    return make_prompts(prompts)
+
+
+def align(prompts: Any, policy: str | Policy | None = None, reward: str | Reward | Any = None,
+          method: str = "best-of-n", seed: int = 0, out: str | Path | None = None, progress: bool = False,
+          device: str | None = None, **options: Any) -> list[AlignResult]:
+    """Answer each prompt with `method` and return one AlignResult per prompt (response, reward, config,
+    seed and cost).
+
+    policy: None for the packaged offline default, a Hugging Face model id or folder, a .gguf file, or
+    a loaded Policy. reward: None for the offline default, a spec such as "hf:Skywork/..." (see
+    secateurs.rewards), a Reward, or a function fn(prompt_text, response) -> float.
+    options: the method's config fields, e.g. n=16, max_new_tokens=128, temperature=1.0.
+    """
+    spec = get_method(method)
+    config = spec.config_class.from_options(options)  # bad options fail before any model loads
+    prompt_list = resolve_prompts(prompts)
+    return run_prompts(prompt_list, method, config, load_policy(policy, device=device),
+                       load_reward(reward, device=device), seed=seed, out=out, progress=progress)

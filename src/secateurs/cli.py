@@ -1,0 +1,139 @@
+"""Command line: `secateurs run` (one method over a prompt file, or the built-in comparison)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import click
+
+from .errors import SecateursError
+from .methods import get_method, method_names
+from .models import load_policy
+from .prompts import builtin_prompts, load_prompts
+from .rewards import load_reward
+from .runner import run_prompts
+
+DEMO_METHODS = ("sampling", "best-of-n")
+
+
+def _options(**values) -> dict:
+    """CLI options the user set (None means 'use the method's default')."""
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _print_comparison(prompts, by_method: dict[str, list]) -> None:
+    width = 100
+    for i, prompt in enumerate(prompts):
+        click.echo("=" * width)
+        click.echo(textwrap.fill(f"[{prompt.id}] {prompt.text}", width))
+        for method, results in by_method.items():
+            r = results[i]
+            c = r.cost
+            click.echo(f"--- {method}: reward {r.reward:+.3f} | {r.response_tokens} tokens, "
+                       f"{c.lm_tokens} LM tokens, {c.lm_forward_calls} LM calls, {c.rm_calls} RM calls, "
+                       f"{c.seconds:.1f}s")
+            click.echo(textwrap.indent(textwrap.fill(r.response or "(empty)", width - 4), "    "))
+    click.echo("=" * width)
+    _print_summary(by_method)
+
+
+def _print_summary(by_method: dict[str, list]) -> None:
+    click.echo(f"{'method':20s} {'mean reward':>12s} {'LM tokens':>10s} {'LM calls':>9s} {'RM calls':>9s} "
+               f"{'seconds':>8s}")
+    for method, results in by_method.items():
+        n = len(results)
+        total = results[0].cost
+        for r in results[1:]:
+            total = total + r.cost
+        click.echo(f"{method:20s} {sum(r.reward for r in results) / n:12.3f} {total.lm_tokens:10d} "
+                   f"{total.lm_forward_calls:9d} {total.rm_calls:9d} {total.seconds:8.1f}")
+
+
+@click.group()
+@click.option("-v", "--verbose", is_flag=True, help="Log what the library does (model conversion, ...).")
+def cli(verbose: bool) -> None:
+    """secateurs: decoding-time alignment of language models."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
+
+
+@cli.command()
+@click.option("--method", type=click.Choice(method_names()), default=None,
+              help=f"Alignment method. Without it, runs {' and '.join(DEMO_METHODS)} and prints them side by side.")
+@click.option("--prompts", "prompts_path", type=click.Path(path_type=Path), default=None,
+              help="JSONL file, one object per line with 'prompt' (string) or 'messages', and optional 'id' "
+                   "(a .json list works too). Default: the built-in prompt set.")
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Output JSONL (default secateurs-out/METHOD.jsonl); a folder when comparing methods. "
+                   "Re-running the same command resumes it.")
+@click.option("--policy", default=None, help="Hugging Face model id or folder, or a .gguf file. "
+                                             "Default: the packaged SmolLM2-135M-Instruct.")
+@click.option("--reward", default=None, help="Reward spec: default, relevance, civility, sentiment, hf:MODEL, "
+                                             "py:MODULE:FUNCTION, or a weighted sum like relevance+0.5*civility.")
+@click.option("--n", type=int, default=None, help="Best-of-N: samples per prompt [16].")
+@click.option("--max-new-tokens", type=int, default=None, help="Response length limit [128].")
+@click.option("--temperature", type=float, default=None, help="Sampling temperature [1.0].")
+@click.option("--top-k", type=int, default=None, help="Top-k filter, 0 = off [50].")
+@click.option("--top-p", type=float, default=None, help="Nucleus filter [1.0].")
+@click.option("--max-batch-rows", type=int, default=None, help="Rows decoded together [64].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available].")
+@click.option("--quiet", is_flag=True, help="No progress bar and no per-prompt printout.")
+def run(method, prompts_path, out, policy, reward, n, max_new_tokens, temperature, top_k, top_p,
+        max_batch_rows, seed, device, quiet) -> None:
+    """Align the answers to a set of prompts and write one JSON line per prompt."""
+    methods = [method] if method else list(DEMO_METHODS)
+    common = _options(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                      max_batch_rows=max_batch_rows)
+    configs = {}
+    for m in methods:
+        options = dict(common)
+        if n is not None and "n" in get_method(m).config_class.__dataclass_fields__:
+            options["n"] = n
+        elif n is not None and method is not None:
+            raise SecateursError(f"--n does not apply to method {m!r}")
+        configs[m] = get_method(m).config_class.from_options(options)
+    prompts = load_prompts(prompts_path) if prompts_path else builtin_prompts()
+    if method:
+        outs = {method: out or Path("secateurs-out") / f"{method}.jsonl"}
+    else:
+        folder = out or Path("secateurs-out")
+        outs = {m: folder / f"{m}.jsonl" for m in methods}
+    loaded_policy = load_policy(policy, device=device)
+    loaded_reward = load_reward(reward, device=device)
+    by_method = {}
+    for m in methods:
+        by_method[m] = run_prompts(prompts, m, configs[m], loaded_policy, loaded_reward, seed=seed, out=outs[m],
+                                   progress=not quiet)
+        if not quiet:
+            click.echo(f"{m}: {len(prompts)} results in {outs[m]}", err=True)
+    if not quiet:
+        if method:
+            _print_summary(by_method)
+        else:
+            _print_comparison(prompts, by_method)
+
+
+def main() -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress bar is the one that matters
+    try:
+        cli(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except SecateursError as e:
+        click.echo(f"error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

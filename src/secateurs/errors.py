@@ -1,0 +1,13 @@
+"""User-facing errors: anything caused by bad input or configuration.
+
+The CLI prints these as one line (no traceback) and exits non-zero; the message always names the
+bad value so the user can find it.
+"""
+
+
+class SecateursError(Exception):
+    """Bad input, configuration or model: a problem the user can fix."""
+
+
+class RewardError(SecateursError):
+    """A reward model returned something unusable (NaN, infinity, wrong number of scores)."""

@@ -1,0 +1,61 @@
+"""Best-of-N: sample N complete responses, score each with the RM, return the best.
+
+Each prompt is prefilled once; its N samples are forked from that KV cache (never re-prefilled),
+in chunks of at most max_batch_rows rows when N is large, with several prompts per chunk.
+Sample j of a prompt always draws the same tokens for a given seed, whatever the chunking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..engine import RolloutBatch
+from ..errors import SecateursError
+from ..rewards import metered_score
+from ..sampling import child_key
+from .base import DecodingConfig, Outcome, register
+
+
+@dataclass
+class BestOfNConfig(DecodingConfig):
+    n: int = 16  # samples per prompt
+
+    def validate(self) -> None:
+        super().validate()
+        if not isinstance(self.n, int) or isinstance(self.n, bool) or self.n < 1:
+            raise SecateursError(f"n must be an integer >= 1, got {self.n!r}")
+
+    def rows_per_prompt(self) -> int:
+        return self.n
+
+
+def sample_n(prompts, prompt_ids, keys, policy, reward, config: DecodingConfig, meter, n: int):
+    """Draw n complete responses per prompt and score them: [(response, ids, reward, reason)] per prompt."""
+    prompt_batch = RolloutBatch.prefill(policy, prompt_ids, keys, config.sampling(), config.max_new_tokens,
+                                        meter=meter)
+    samples = [(p, j) for p in range(len(prompts)) for j in range(n)]
+    results: list[list[tuple]] = [[] for _ in prompts]
+    for start in range(0, len(samples), config.max_batch_rows):
+        chunk = samples[start:start + config.max_batch_rows]
+        batch = prompt_batch.select([p for p, _ in chunk], keys=[child_key(keys[p], j) for p, j in chunk])
+        batch.extend(config.max_new_tokens)
+        texts = batch.responses()
+        groups = [p for p, _ in chunk]
+        scores = metered_score(reward, meter, [prompts[p] for p in groups], texts, groups)
+        for row, (p, _) in enumerate(chunk):
+            results[p].append((texts[row], batch.response_ids(row), scores[row], batch.finish_reasons[row]))
+        del batch  # free this chunk's KV cache before the next
+    return results
+
+
+@register("best-of-n", BestOfNConfig, "sample N responses, return the one the RM scores highest")
+def best_of_n(prompts, prompt_ids, keys, policy, reward, config: BestOfNConfig, meter) -> list[Outcome]:
+    outcomes = []
+    for candidates in sample_n(prompts, prompt_ids, keys, policy, reward, config, meter, config.n):
+        best = max(range(len(candidates)), key=lambda i: candidates[i][2])  # first of equal scores
+        text, ids, score, reason = candidates[best]
+        outcomes.append(Outcome(text, ids, score, reason, details={
+            "best_index": best,
+            "candidate_rewards": [c[2] for c in candidates],
+        }))
+    return outcomes

@@ -1,0 +1,78 @@
+"""Rewards: score(prompts, responses, partial) -> list[float], and `load_reward` to build one by name.
+
+Reward specs (CLI --reward, API reward=):
+  default                     the built-in offline reward (see DEFAULT_REWARD)
+  relevance | civility | sentiment   one packaged offline scorer (rewards/offline.py)
+  hf:NAME_OR_PATH             a Hugging Face sequence-classification RM (an existing folder also works)
+  py:MODULE:FUNCTION          a Python function fn(prompt_text, response) -> float
+  TERM+TERM...                a weighted sum, each TERM being [WEIGHT*]SPEC, e.g. relevance+0.5*civility
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Callable
+
+from ..errors import SecateursError
+from .base import CallableReward, Reward, WeightedSum, metered_score
+from .hf import HFReward
+from .offline import CivilityReward, RelevanceReward, SentimentReward
+
+# Chosen by benchmarks/rewards.py (pairwise accuracy on labelled good/bad answers): relevance
+# separates on-topic from off-topic, empty and degenerate answers; civility adds what relevance
+# misses, rude and hateful answers that stay on topic.
+DEFAULT_REWARD = "relevance+civility"
+
+OFFLINE_REWARDS: dict[str, Callable[[], Reward]] = {
+    "relevance": RelevanceReward,
+    "civility": CivilityReward,
+    "sentiment": SentimentReward,
+}
+
+__all__ = ["Reward", "CallableReward", "WeightedSum", "HFReward", "RelevanceReward", "CivilityReward",
+           "SentimentReward", "load_reward", "metered_score", "DEFAULT_REWARD"]
+
+
+def _load_term(spec: str, device) -> Reward:
+    if spec in OFFLINE_REWARDS:
+        return OFFLINE_REWARDS[spec]()
+    if spec.startswith("hf:"):
+        return HFReward(spec[3:], device=device)
+    if spec.startswith("py:"):
+        module_name, _, attr = spec[3:].rpartition(":")
+        try:
+            fn = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError, ValueError) as e:
+            raise SecateursError(f"unknown reward function {spec!r}: {e}") from None
+        return fn if isinstance(fn, Reward) else CallableReward(fn, name=spec)
+    if Path(spec).is_dir():
+        return HFReward(spec, device=device)
+    raise SecateursError(
+        f"unknown reward {spec!r}: use default, {', '.join(OFFLINE_REWARDS)}, hf:MODEL, py:MODULE:FUNCTION, "
+        "a reward model folder, or a weighted sum such as relevance+0.5*civility"
+    )
+
+
+def load_reward(spec: str | Reward | Callable | None = None, device=None) -> Reward:
+    """Build a reward from a spec string (see module doc), a Reward, or a plain Python function."""
+    if isinstance(spec, Reward):
+        return spec
+    if callable(spec):
+        return CallableReward(spec)
+    text = DEFAULT_REWARD if spec in (None, "", "default") else str(spec).strip()
+    terms = []
+    for part in text.split("+"):
+        weight_text, star, name = part.strip().rpartition("*")
+        try:
+            weight = float(weight_text) if star else 1.0
+        except ValueError:
+            raise SecateursError(f"bad weight {weight_text!r} in reward {text!r}") from None
+        terms.append((weight, _load_term(name.strip(), device)))
+    if len(terms) == 1 and terms[0][0] == 1.0:
+        reward = terms[0][1]
+    else:
+        reward = WeightedSum(terms)
+    if spec in (None, "", "default"):
+        reward.name = "default(" + reward.name + ")"
+    return reward

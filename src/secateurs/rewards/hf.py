@@ -1,0 +1,78 @@
+"""A Hugging Face sequence-classification reward model (Skywork-Reward, ArmoRM-style heads, ...).
+
+The RM reads the conversation with its own tokenizer and chat template: the policy's token ids
+are never passed to it, so policy and RM may have different vocabularies.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import SecateursError
+from ..models import resolve_device, resolve_dtype
+from .base import Reward
+
+
+class HFReward(Reward):
+    def __init__(self, model_name_or_path: str | Path, device=None, dtype=None, batch_size: int = 16,
+                 max_length: int | None = None, label_index: int = 0):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.name = f"hf:{model_name_or_path}"
+        dev = resolve_device(device)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
+            self.model = AutoModelForSequenceClassification.from_pretrained(
+                model_name_or_path, dtype=resolve_dtype(dtype, dev)).to(dev).eval()
+        except (OSError, ValueError) as e:
+            raise SecateursError(
+                f"unknown reward model {str(model_name_or_path)!r}: {str(e).splitlines()[0]}") from None
+        if label_index >= self.model.config.num_labels:
+            raise SecateursError(f"label_index {label_index} out of range for {self.model.config.num_labels} labels")
+        self.device = dev
+        self.batch_size = batch_size
+        self.label_index = label_index
+        self.max_length = max_length or min(getattr(self.tokenizer, "model_max_length", 4096) or 4096,
+                                            getattr(self.model.config, "max_position_embeddings", 4096) or 4096)
+
+    def encode(self, prompt, response: str) -> list[int]:
+        conversation = list(prompt.messages) + [{"role": "assistant", "content": response}]
+        if getattr(self.tokenizer, "chat_template", None):
+            text = self.tokenizer.apply_chat_template(conversation, tokenize=False)
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        else:
+            ids = self.tokenizer(prompt.text, response)["input_ids"]  # a (prompt, response) text pair
+        # Keep the end (the response) when the conversation is over-long.
+        return list(ids[-self.max_length:])
+
+    @torch.no_grad()
+    def _score(self, prompts, responses, partial):
+        encoded = [self.encode(p, r) for p, r in zip(prompts, responses)]
+        scores: list[float] = []
+        for start in range(0, len(encoded), self.batch_size):
+            chunk = encoded[start:start + self.batch_size]
+            scores.extend(self._score_ids(chunk))
+        return scores, [len(ids) for ids in encoded]
+
+    def _score_ids(self, chunk: list[list[int]]) -> list[float]:
+        # transformers reads a sequence-classification score at the last token that is not the pad
+        # id; pick a pad id absent from every sequence so an EOS that doubles as pad is not skipped.
+        used = {t for ids in chunk for t in ids}
+        pad = self.tokenizer.pad_token_id
+        if pad is None or pad in used:
+            pad = next(i for i in range(self.model.config.vocab_size - 1, -1, -1) if i not in used)
+        width = max(len(ids) for ids in chunk)
+        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+        mask = torch.zeros(len(chunk), width, dtype=torch.long)
+        for i, ids in enumerate(chunk):
+            input_ids[i, :len(ids)] = torch.tensor(ids)
+            mask[i, :len(ids)] = 1
+        config = self.model.config.get_text_config()
+        saved, config.pad_token_id = config.pad_token_id, pad
+        try:
+            out = self.model(input_ids=input_ids.to(self.device), attention_mask=mask.to(self.device))
+        finally:
+            config.pad_token_id = saved
+        return out.logits[:, self.label_index].float().cpu().tolist()

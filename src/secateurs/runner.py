@@ -1,0 +1,75 @@
+"""Drive a set of prompts through one method: validation, batching across prompts, resume, output."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from .meter import Meter
+from .methods import get_method
+from .methods.base import DecodingConfig
+from .policy import Policy
+from .prompts import Prompt
+from .results import AlignResult, ResultWriter, read_results
+from .rewards import Reward
+from .sampling import prompt_key
+
+
+def run_fingerprint(method: str, config: DecodingConfig, policy: Policy, reward: Reward, seed: int) -> str:
+    """Identifies a configuration: results of different configurations never share a file."""
+    key = json.dumps({"method": method, "config": config.to_dict(), "policy": policy.name,
+                      "reward": reward.name, "seed": seed}, sort_keys=True)
+    return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, policy: Policy, reward: Reward,
+                seed: int = 0, out: str | Path | None = None, progress: bool = False,
+                on_results: Callable[[list[AlignResult]], Any] | None = None) -> list[AlignResult]:
+    """Run `method` on every prompt and return one result per prompt, in the prompts' order.
+
+    With `out`, results are appended to that JSONL file as each batch finishes, and prompts whose
+    results are already there (from an earlier, possibly killed, run) are not run again.
+    """
+    spec = get_method(method)
+    # Check every prompt before any generation, so a bad one fails the run at once.
+    encoded = {}
+    for p in prompts:
+        ids = policy.encode(p)
+        policy.check_fits(p, len(ids), config.max_new_tokens)
+        encoded[p.id] = ids
+    fingerprint = run_fingerprint(method, config, policy, reward, seed)
+    done = read_results(Path(out), fingerprint, encoded) if out is not None else {}
+    todo = [p for p in prompts if p.id not in done]
+    per_batch = max(1, config.max_batch_rows // config.rows_per_prompt())
+    writer = ResultWriter(Path(out)) if out is not None else None
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=method, unit="prompt",
+               disable=not progress, dynamic_ncols=True)
+    try:
+        for start in range(0, len(todo), per_batch):
+            batch = todo[start:start + per_batch]
+            meter = Meter(len(batch), policy.device)
+            outcomes = spec.run(batch, [encoded[p.id] for p in batch], [prompt_key(seed, p.id) for p in batch],
+                                policy, reward, config, meter)
+            costs = meter.finish()
+            results = [
+                AlignResult(id=p.id, prompt=p.to_json(), response=o.response, reward=o.reward, method=method,
+                            config=config.to_dict(), seed=seed, policy=policy.name, reward_model=reward.name,
+                            finish_reason=o.finish_reason, response_tokens=len(o.response_ids), cost=cost,
+                            details=o.details, run_fingerprint=fingerprint)
+                for p, o, cost in zip(batch, outcomes, costs)
+            ]
+            if writer is not None:
+                writer.write(results)
+            done.update((r.id, r) for r in results)
+            if on_results is not None:
+                on_results(results)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    return [done[p.id] for p in prompts]
