@@ -70,3 +70,12 @@ def tiny_rm_folder(tmp_path_factory):
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_folder(tmp_path_factory, tiny_policy):
+    """The tiny policy saved as a local model folder, as a user's --policy would be."""
+    folder = tmp_path_factory.mktemp("tiny_policy")
+    tiny_policy.model.save_pretrained(folder)
+    tiny_policy.tokenizer.save_pretrained(folder)
+    return folder

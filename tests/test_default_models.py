@@ -1,0 +1,35 @@
+"""End to end on the real offline defaults: SmolLM2-135M-Instruct and the packaged reward."""
+
+import math
+
+import pytest
+
+import secateurs
+from secateurs.models import DEFAULT_POLICY, load_policy
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return load_policy()  # converts the packaged GGUF once, then loads the cached folder
+
+
+def test_default_policy_loads_and_applies_its_chat_template(policy):
+    assert policy.name == DEFAULT_POLICY
+    ids = policy.encode(secateurs.Prompt("x", ({"role": "user", "content": "Hi there"},)))
+    text = policy.tokenizer.decode(ids)
+    assert text.endswith("<|im_start|>assistant\n") and "<|im_start|>user\nHi there<|im_end|>" in text
+    assert 2 in policy.stop_token_ids  # <|im_end|>
+
+
+def test_align_best_of_n_beats_or_ties_plain_sampling(policy):
+    prompts = ["How do I make a good cup of green tea?",
+               [{"role": "user", "content": "Give me one tip for sleeping better."}]]
+    plain = secateurs.align(prompts, policy=policy, method="sampling", max_new_tokens=24)
+    best = secateurs.align(prompts, policy=policy, method="best-of-n", n=4, max_new_tokens=24)
+    for p, b in zip(plain, best):
+        assert math.isfinite(b.reward) and b.response.strip()
+        assert b.reward >= p.reward
+        assert b.details["candidate_rewards"][0] == p.reward  # same seed, same first sample
+        assert b.cost.lm_tokens_prefilled == p.cost.lm_tokens_prefilled  # prompt prefilled once for all 4
+        assert b.cost.rm_calls == 4 and b.reward_model.startswith("default(")
+    assert "tea" in best[0].response.lower() or "water" in best[0].response.lower()
