@@ -38,14 +38,34 @@ def sample_n(prompts, prompt_ids, keys, policy, reward, config: DecodingConfig, 
     for start in range(0, len(samples), config.max_batch_rows):
         chunk = samples[start:start + config.max_batch_rows]
         batch = prompt_batch.select([p for p, _ in chunk], keys=[child_key(keys[p], j) for p, j in chunk])
-        batch.extend(config.max_new_tokens)
-        texts = batch.responses()
-        groups = [p for p, _ in chunk]
-        scores = metered_score(reward, meter, [prompts[p] for p in groups], texts, groups)
-        for row, (p, _) in enumerate(chunk):
-            results[p].append((texts[row], batch.response_ids(row), scores[row], batch.finish_reasons[row]))
-        del batch  # free this chunk's KV cache before the next
+        done = decode_to_completion(batch, chunk)
+        groups = [p for (p, _), _ in done]
+        scores = metered_score(reward, meter, [prompts[p] for p in groups], [d[1][0] for d in done], groups)
+        for ((p, j), (text, ids, reason)), score in sorted(zip(done, scores), key=lambda d: d[0][0]):
+            results[p].append((text, ids, score, reason))
     return results
+
+
+def decode_to_completion(batch: RolloutBatch, labels: list, retire_every: int = 32) -> list[tuple]:
+    """Decode every row to EOS or the length limit; returns [(label, (text, ids, finish reason))].
+
+    Every `retire_every` tokens, finished rows leave the batch (and the KV cache), so a few long
+    responses do not keep paying for the many that stopped early.
+    """
+    labels = list(labels)
+    done = []
+    while batch.size:
+        batch.extend(retire_every)
+        finished = batch.finished.tolist()
+        for row, is_done in enumerate(finished):
+            if is_done:
+                done.append((labels[row], (batch.policy.decode(batch.response_ids(row)), batch.response_ids(row),
+                                           batch.finish_reasons[row])))
+        live = [row for row, is_done in enumerate(finished) if not is_done]
+        if len(live) < batch.size:
+            batch.keep(live)
+            labels = [labels[row] for row in live]
+    return done
 
 
 @register("best-of-n", BestOfNConfig, "sample N responses, return the one the RM scores highest")
