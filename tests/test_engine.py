@@ -163,3 +163,14 @@ def test_rewind_rejects_lengths_outside_the_response(tiny_policy, batch):
     batch.extend(3)
     with pytest.raises(ValueError, match="cannot rewind"):
         batch.rewind([0], [4])
+
+
+def test_append_merges_batches_of_different_widths(tiny_policy, batch):
+    batch.extend(9)
+    newcomer = RolloutBatch.prefill(tiny_policy, encode(tiny_policy, "calm night", "a b c d e f g h i j k l m n o"),
+                                    [44, 55], SAMPLING, 60, stop_at_eos=False)
+    batch.append(newcomer)
+    assert batch.size == 5 and batch.response_lengths().tolist() == [9, 9, 9, 0, 0]
+    assert_matches_scratch(tiny_policy, batch)
+    batch.extend(4)
+    assert_matches_scratch(tiny_policy, batch)

@@ -25,6 +25,15 @@ def _options(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise SecateursError(f"{option} must be comma-separated integers, got {text!r}") from None
+
+
 def _print_comparison(prompts, by_method: dict[str, list]) -> None:
     width = 100
     for i, prompt in enumerate(prompts):
@@ -73,7 +82,15 @@ def cli(verbose: bool) -> None:
                                              "Default: the packaged SmolLM2-135M-Instruct.")
 @click.option("--reward", default=None, help="Reward spec: default, relevance, civility, sentiment, hf:MODEL, "
                                              "py:MODULE:FUNCTION, or a weighted sum like relevance+0.5*civility.")
-@click.option("--n", type=int, default=None, help="Best-of-N: samples per prompt [16].")
+@click.option("--n", type=int, default=None,
+              help="Best-of-N: samples per prompt [16]; speculative-rejection: initial candidates B0 [64].")
+@click.option("--alpha", type=float, default=None, help="speculative-rejection: rejection rate in [0, 1) [0.5].")
+@click.option("--kv-budget-tokens", type=int, default=None,
+              help="speculative-rejection: KV-cache tokens per prompt [n x (prompt + 16)].")
+@click.option("--memory-gib", type=float, default=None,
+              help="speculative-rejection: KV memory for the prompts in flight, instead of --kv-budget-tokens.")
+@click.option("--decision-tokens", default=None,
+              help="speculative-rejection: explicit response lengths to reject at, e.g. 16,32,64.")
 @click.option("--max-new-tokens", type=int, default=None, help="Response length limit [128].")
 @click.option("--temperature", type=float, default=None, help="Sampling temperature [1.0].")
 @click.option("--top-k", type=int, default=None, help="Top-k filter, 0 = off [50].")
@@ -82,19 +99,21 @@ def cli(verbose: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available].")
 @click.option("--quiet", is_flag=True, help="No progress bar and no per-prompt printout.")
-def run(method, prompts_path, out, policy, reward, n, max_new_tokens, temperature, top_k, top_p,
-        max_batch_rows, seed, device, quiet) -> None:
+def run(method, prompts_path, out, policy, reward, n, alpha, kv_budget_tokens, memory_gib, decision_tokens,
+        max_new_tokens, temperature, top_k, top_p, max_batch_rows, seed, device, quiet) -> None:
     """Align the answers to a set of prompts and write one JSON line per prompt."""
     methods = [method] if method else list(DEMO_METHODS)
     common = _options(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                       max_batch_rows=max_batch_rows)
+    specific = _options(n=n, alpha=alpha, kv_budget_tokens=kv_budget_tokens, memory_gib=memory_gib,
+                        decision_tokens=_int_list(decision_tokens, "--decision-tokens"))
     configs = {}
     for m in methods:
-        options = dict(common)
-        if n is not None and "n" in get_method(m).config_class.__dataclass_fields__:
-            options["n"] = n
-        elif n is not None and method is not None:
-            raise SecateursError(f"--n does not apply to method {m!r}")
+        fields = get_method(m).config_class.__dataclass_fields__
+        for name in specific:
+            if name not in fields and method is not None:
+                raise SecateursError(f"--{name.replace('_', '-')} does not apply to method {m!r}")
+        options = dict(common, **{k: v for k, v in specific.items() if k in fields})
         configs[m] = get_method(m).config_class.from_options(options)
     prompts = load_prompts(prompts_path) if prompts_path else builtin_prompts()
     if method:

@@ -182,9 +182,8 @@ class RolloutBatch:
         """Feed the last token of each row in the bool mask `rows`; other rows sit out this step."""
         # A row with nothing cached cannot sit out a step (its query would attend to nothing).
         rows = rows | (self.pending & (self.n_cached == 0))
-        ids = torch.full((self.size, 1), self.policy.pad_token_id, dtype=torch.long)
-        for r in rows.nonzero().flatten().tolist():
-            ids[r, 0] = self.tokens[r][-1]
+        last = torch.tensor([t[-1] for t in self.tokens], dtype=torch.long)
+        ids = torch.where(rows, last, self.policy.pad_token_id)[:, None]
         self.mask = torch.cat([self.mask, rows.long().to(self.device)[:, None]], dim=1)
         logits = self._run_model(ids, self.n_cached[:, None], prefill=False, tokens_per_row=rows.long())
         dev_rows = rows.to(self.device)
@@ -322,6 +321,39 @@ class RolloutBatch:
             new.keys = torch.tensor(list(keys), dtype=torch.long)
         new._crop_empty_columns()
         return new
+
+    @torch.no_grad()
+    def append(self, other: "RolloutBatch") -> None:
+        """Add `other`'s rows after this batch's rows (e.g. the next prompt's candidates filling freed
+        slots). The narrower cache is left-padded with masked columns; no row is recomputed."""
+        if other.size == 0:
+            return
+        if self.size == 0:
+            self.__dict__.update({k: v for k, v in other.__dict__.items()
+                                  if k not in ("meter", "policy", "model", "sampling", "max_new_tokens")})
+            return
+        width = max(self.columns, other.columns)
+        caches = []
+        for batch in (self, other):
+            pad = width - batch.columns
+            layers = []
+            for layer in batch.cache.layers:
+                k, v = layer.keys, layer.values
+                if pad:
+                    k = torch.nn.functional.pad(k, (0, 0, pad, 0))
+                    v = torch.nn.functional.pad(v, (0, 0, pad, 0))
+                layers.append((k, v))
+            caches.append((torch.nn.functional.pad(batch.mask, (pad, 0)), layers))
+        (mask_a, layers_a), (mask_b, layers_b) = caches
+        for layer, (ka, va), (kb, vb) in zip(self.cache.layers, layers_a, layers_b):
+            layer.keys = torch.cat([ka, kb])
+            layer.values = torch.cat([va, vb])
+        self.mask = torch.cat([mask_a, mask_b])
+        self.next_logits = torch.cat([self.next_logits, other.next_logits])
+        for name in ("tokens", "prompt_lens", "groups", "logprobs", "entropies", "finish_reasons"):
+            getattr(self, name).extend(getattr(other, name))
+        for name in ("keys", "draws", "finished", "pending", "n_cached"):
+            setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
 
     @torch.no_grad()
     def rewind(self, rows: Sequence[int], response_lengths: Sequence[int]) -> None:

@@ -44,7 +44,7 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     fingerprint = run_fingerprint(method, config, policy, reward, seed)
     done = read_results(Path(out), fingerprint, encoded) if out is not None else {}
     todo = [p for p in prompts if p.id not in done]
-    per_batch = max(1, config.max_batch_rows // config.rows_per_prompt())
+    per_batch = config.prompts_per_call()
     writer = ResultWriter(Path(out)) if out is not None else None
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=method, unit="prompt",
                disable=not progress, dynamic_ncols=True)

@@ -3,6 +3,7 @@
 from .base import REGISTRY, DecodingConfig, Method, Outcome, get_method, method_names
 from .best_of_n import BestOfNConfig
 from .sampling import SamplingConfig
+from .speculative_rejection import SpeculativeRejectionConfig
 
 __all__ = ["REGISTRY", "DecodingConfig", "Method", "Outcome", "get_method", "method_names",
-           "BestOfNConfig", "SamplingConfig"]
+           "BestOfNConfig", "SamplingConfig", "SpeculativeRejectionConfig"]

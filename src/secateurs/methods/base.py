@@ -37,8 +37,12 @@ class DecodingConfig:
         return SamplingParams(self.temperature, self.top_k, self.top_p)
 
     def rows_per_prompt(self) -> int:
-        """Batch rows one prompt occupies, so the runner knows how many prompts to batch together."""
+        """Batch rows one prompt occupies."""
         return 1
+
+    def prompts_per_call(self) -> int:
+        """How many prompts the runner hands the method at once (and writes out together)."""
+        return max(1, self.max_batch_rows // self.rows_per_prompt())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -89,7 +93,7 @@ def register(name: str, config_class: type, summary: str) -> Callable[[MethodFn]
 
 
 def get_method(name: str) -> Method:
-    from . import best_of_n, sampling  # noqa: F401  (registration side effect)
+    from . import best_of_n, sampling, speculative_rejection  # noqa: F401  (registration side effect)
 
     if name not in REGISTRY:
         raise SecateursError(f"unknown method {name!r}; choose one of {sorted(REGISTRY)}")
