@@ -174,3 +174,30 @@ def test_append_merges_batches_of_different_widths(tiny_policy, batch):
     assert_matches_scratch(tiny_policy, batch)
     batch.extend(4)
     assert_matches_scratch(tiny_policy, batch)
+
+
+def test_force_feeds_given_tokens_exactly(tiny_policy, batch):
+    batch.extend(4)
+    saved = [batch.response_ids(r) for r in range(batch.size)]
+    batch.extend(5)
+    batch.rewind([0, 1], [2, 0])
+    batch.force(0, saved[1][:3])  # ragged: 3 tokens for row 0, 4 for row 1, none for row 2
+    batch.force(1, saved[0][:4])
+    assert batch.response_ids(0) == saved[0][:2] + saved[1][:3]
+    assert batch.response_ids(1) == saved[0][:4]
+    assert batch.response_lengths().tolist() == [5, 4, 9]
+    assert_matches_scratch(tiny_policy, batch)
+    batch.extend(3)
+    assert_matches_scratch(tiny_policy, batch)
+
+
+def test_copy_rows_copies_state_but_keeps_keys(tiny_policy, batch):
+    batch.extend(5)
+    keys = batch.keys.clone()
+    batch.copy_rows([1, 2], [0, 0])
+    assert batch.tokens[1] == batch.tokens[2] == batch.tokens[0]
+    assert torch.equal(batch.keys, keys)
+    assert_matches_scratch(tiny_policy, batch)
+    batch.extend(6)
+    assert batch.tokens[1] != batch.tokens[2]  # own keys: different continuations
+    assert_matches_scratch(tiny_policy, batch)

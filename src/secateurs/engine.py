@@ -179,26 +179,42 @@ class RolloutBatch:
         return logits
 
     def _feed_pending(self, rows: torch.Tensor) -> None:
-        """Feed the last token of each row in the bool mask `rows`; other rows sit out this step."""
+        """Feed the un-cached tokens of each row in the bool mask `rows` (usually one each, more after
+        force()); other rows sit out this forward with masked columns."""
         # A row with nothing cached cannot sit out a step (its query would attend to nothing).
         rows = rows | (self.pending & (self.n_cached == 0))
-        last = torch.tensor([t[-1] for t in self.tokens], dtype=torch.long)
-        ids = torch.where(rows, last, self.policy.pad_token_id)[:, None]
-        self.mask = torch.cat([self.mask, rows.long().to(self.device)[:, None]], dim=1)
-        logits = self._run_model(ids, self.n_cached[:, None], prefill=False, tokens_per_row=rows.long())
+        totals = torch.tensor([len(t) for t in self.tokens], dtype=torch.long)
+        lag = torch.where(rows, totals - self.n_cached, 0)
+        width = int(lag.max())
+        if width == 1:  # the decoding hot path: one token per feeding row
+            last = torch.tensor([t[-1] for t in self.tokens], dtype=torch.long)
+            ids = torch.where(rows, last, self.policy.pad_token_id)[:, None]
+            block_mask = rows.long()[:, None]
+        else:  # ragged: each row's tokens right-aligned in the new block, masked pads before them
+            ids = torch.full((self.size, width), self.policy.pad_token_id, dtype=torch.long)
+            block_mask = torch.zeros(self.size, width, dtype=torch.long)
+            for r in rows.nonzero().flatten().tolist():
+                n = int(lag[r])
+                ids[r, width - n:] = torch.tensor(self.tokens[r][-n:], dtype=torch.long)
+                block_mask[r, width - n:] = 1
+        positions = self.n_cached[:, None] + (block_mask.cumsum(1) - 1).clamp(min=0)
+        self.mask = torch.cat([self.mask, block_mask.to(self.device)], dim=1)
+        logits = self._run_model(ids, positions, prefill=False, tokens_per_row=lag)
         dev_rows = rows.to(self.device)
         self.next_logits = torch.where(dev_rows[:, None], logits, self.next_logits)
-        self.n_cached += rows.long()
+        self.n_cached += lag
         self.pending &= ~rows
 
     # ------------------------------------------------------------------ extend
     @torch.no_grad()
-    def extend(self, max_tokens: int, stop_rule: StopRule | None = None) -> torch.Tensor:
+    def extend(self, max_tokens: int, stop_rule: StopRule | None = None,
+               chooser: Callable[[StepView], torch.Tensor] | None = None) -> torch.Tensor:
         """Sample up to `max_tokens` more tokens for every unfinished row.
 
         A row stops early at a stop token (EOS), at the batch's max_new_tokens (both mark it
         finished), or when `stop_rule` says so before a token (it stays unfinished and ready).
-        Returns the number of tokens each row gained.
+        `chooser`, if given, picks each next token instead of sampling (e.g. ARGS' reward-guided
+        search). Returns the number of tokens each row gained.
         """
         self._maybe_compact()
         gained = torch.zeros(self.size, dtype=torch.long)
@@ -220,7 +236,11 @@ class RolloutBatch:
                     rows, logits = rows[~stop], logits[(~stop).to(self.device)]
                     if rows.numel() == 0:
                         break
-            new = sample_tokens(logits, self.sampling, self.keys[rows], self.draws[rows])
+            if chooser is not None:
+                new = torch.as_tensor(chooser(StepView(rows, logits, gained[rows], lengths[rows])),
+                                      dtype=torch.long, device=logits.device)
+            else:
+                new = sample_tokens(logits, self.sampling, self.keys[rows], self.draws[rows])
             logz = torch.logsumexp(logits, dim=-1)
             logprob = (logits.gather(-1, new[:, None]).squeeze(-1) - logz).tolist()
             ent = entropy(logits).tolist() if self.track_entropy else None
@@ -354,6 +374,57 @@ class RolloutBatch:
             getattr(self, name).extend(getattr(other, name))
         for name in ("keys", "draws", "finished", "pending", "n_cached"):
             setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
+
+    @torch.no_grad()
+    def force(self, row: int, tokens: Sequence[int], logprobs: Sequence[float] | None = None) -> None:
+        """Append given tokens to a row's response (no sampling); they are fed by the next forward.
+
+        Used to restore a candidate that was sampled earlier and rewound (CARDS' retry cap).
+        """
+        if self.finished[row]:
+            raise ValueError(f"row {row} is finished; rewind it before forcing tokens")
+        tokens = list(tokens)
+        room = self.max_new_tokens - (len(self.tokens[row]) - self.prompt_lens[row])
+        if len(tokens) > room:
+            raise ValueError(f"forcing {len(tokens)} tokens exceeds row {row}'s remaining {room}")
+        if not tokens:
+            return
+        self.tokens[row].extend(tokens)
+        self.logprobs[row].extend(logprobs if logprobs is not None else [float("nan")] * len(tokens))
+        if self.track_entropy:
+            self.entropies[row].extend([float("nan")] * len(tokens))
+        self.pending[row] = True
+        if tokens[-1] in self._stop_ids.tolist():
+            self.finished[row], self.finish_reasons[row] = True, "eos"
+        elif len(tokens) == room:
+            self.finished[row], self.finish_reasons[row] = True, "length"
+
+    @torch.no_grad()
+    def copy_rows(self, dst: Sequence[int], src: Sequence[int]) -> None:
+        """Make each row dst[i] a copy of row src[i] (tokens, KV cache, state), in place.
+
+        The destination keeps its own random key and draw counter, so copies of one row go on to
+        sample different continuations (CARDS' parallel proposals from the accepted prefix).
+        """
+        if not len(dst):
+            return
+        d = torch.as_tensor(list(dst), dtype=torch.long)
+        s_ = torch.as_tensor(list(src), dtype=torch.long)
+        dd, sd = d.to(self.device), s_.to(self.device)
+        for layer in self.cache.layers:
+            layer.keys[dd] = layer.keys[sd]
+            layer.values[dd] = layer.values[sd]
+        self.mask[dd] = self.mask[sd]
+        self.next_logits[dd] = self.next_logits[sd]
+        for name in ("finished", "pending", "n_cached"):
+            getattr(self, name)[d] = getattr(self, name)[s_]
+        for i, j in zip(d.tolist(), s_.tolist()):
+            self.tokens[i] = list(self.tokens[j])
+            self.logprobs[i] = list(self.logprobs[j])
+            self.entropies[i] = list(self.entropies[j])
+            self.prompt_lens[i] = self.prompt_lens[j]
+            self.groups[i] = self.groups[j]
+            self.finish_reasons[i] = self.finish_reasons[j]
 
     @torch.no_grad()
     def rewind(self, rows: Sequence[int], response_lengths: Sequence[int]) -> None:

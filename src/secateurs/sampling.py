@@ -105,3 +105,13 @@ def sample_tokens(
     noise = gumbel_noise(keys.to(scores.device), draws.to(scores.device), ids).to(scores.dtype)
     choice = (scores + noise).argmax(-1, keepdim=True)
     return ids.gather(-1, choice).squeeze(-1)
+
+
+def uniforms(keys: torch.Tensor, counters: torch.Tensor) -> torch.Tensor:
+    """Uniform(0, 1) draws, one per (key, counter): for accept / reject decisions."""
+    h = mix64(mix64(keys ^ 0x5EED) + counters * _GOLDEN_S)
+    return (_srl(h, 11).to(torch.float64) + 0.5) * (2.0**-53)
+
+
+def uniform(key: int, counter: int) -> float:
+    return float(uniforms(torch.tensor([key]), torch.tensor([counter]))[0])

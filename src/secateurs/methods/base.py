@@ -93,7 +93,7 @@ def register(name: str, config_class: type, summary: str) -> Callable[[MethodFn]
 
 
 def get_method(name: str) -> Method:
-    from . import best_of_n, sampling, speculative_rejection  # noqa: F401  (registration side effect)
+    from . import args, best_of_n, cards, rejection_sampling, sampling, speculative_rejection  # noqa: F401
 
     if name not in REGISTRY:
         raise SecateursError(f"unknown method {name!r}; choose one of {sorted(REGISTRY)}")

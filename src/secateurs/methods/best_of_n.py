@@ -29,21 +29,34 @@ class BestOfNConfig(DecodingConfig):
         return self.n
 
 
-def sample_n(prompts, prompt_ids, keys, policy, reward, config: DecodingConfig, meter, n: int):
+class PromptSampler:
+    """Prefills a batch of prompts once; then draws any samples of any of them to completion and scores
+    them. Sample j of a prompt always uses the key child_key(prompt key, j)."""
+
+    def __init__(self, prompts, prompt_ids, keys, policy, reward, config: DecodingConfig, meter):
+        self.prompts, self.keys, self.reward, self.config, self.meter = prompts, keys, reward, config, meter
+        self.prompt_batch = RolloutBatch.prefill(policy, prompt_ids, keys, config.sampling(), config.max_new_tokens,
+                                                 meter=meter)
+
+    def draw(self, which, first: int, n: int) -> list[list[tuple]]:
+        """Samples first .. first+n-1 of each prompt index in `which`: [(response, ids, reward, reason)] each."""
+        samples = [(p, j) for p in which for j in range(first, first + n)]
+        results: dict[int, list[tuple]] = {p: [] for p in which}
+        for start in range(0, len(samples), self.config.max_batch_rows):
+            chunk = samples[start:start + self.config.max_batch_rows]
+            batch = self.prompt_batch.select([p for p, _ in chunk], keys=[child_key(self.keys[p], j) for p, j in chunk])
+            done = decode_to_completion(batch, chunk)
+            groups = [p for (p, _), _ in done]
+            scores = metered_score(self.reward, self.meter, [self.prompts[p] for p in groups], [d[1][0] for d in done],
+                                   groups)
+            for ((p, j), (text, ids, reason)), score in sorted(zip(done, scores), key=lambda d: d[0][0]):
+                results[p].append((text, ids, score, reason))
+        return [results[p] for p in which]
+
+
+def sample_n(prompts, prompt_ids, keys, policy, reward, config: DecodingConfig, meter, n: int) -> list[list[tuple]]:
     """Draw n complete responses per prompt and score them: [(response, ids, reward, reason)] per prompt."""
-    prompt_batch = RolloutBatch.prefill(policy, prompt_ids, keys, config.sampling(), config.max_new_tokens,
-                                        meter=meter)
-    samples = [(p, j) for p in range(len(prompts)) for j in range(n)]
-    results: list[list[tuple]] = [[] for _ in prompts]
-    for start in range(0, len(samples), config.max_batch_rows):
-        chunk = samples[start:start + config.max_batch_rows]
-        batch = prompt_batch.select([p for p, _ in chunk], keys=[child_key(keys[p], j) for p, j in chunk])
-        done = decode_to_completion(batch, chunk)
-        groups = [p for (p, _), _ in done]
-        scores = metered_score(reward, meter, [prompts[p] for p in groups], [d[1][0] for d in done], groups)
-        for ((p, j), (text, ids, reason)), score in sorted(zip(done, scores), key=lambda d: d[0][0]):
-            results[p].append((text, ids, score, reason))
-    return results
+    return PromptSampler(prompts, prompt_ids, keys, policy, reward, config, meter).draw(range(len(prompts)), 0, n)
 
 
 def decode_to_completion(batch: RolloutBatch, labels: list, retire_every: int = 32) -> list[tuple]:

@@ -1,0 +1,155 @@
+"""CARDS, item-level rejection sampling and ARGS on the tiny policy."""
+
+import math
+
+import pytest
+
+from secateurs.errors import SecateursError
+from secateurs.meter import Meter
+from secateurs.methods.args import ArgsConfig
+from secateurs.methods.cards import CardsConfig, cards, threshold, _PromptState
+from secateurs.methods.rejection_sampling import RejectionSamplingConfig
+from secateurs.methods.sampling import SamplingConfig
+from secateurs.policy import Policy
+from secateurs.prompts import make_prompts
+from secateurs.rewards import CallableReward, load_reward
+from secateurs.runner import run_prompts
+from secateurs.sampling import prompt_key
+
+PROMPTS = make_prompts(["how do i make tea", "give me a good tip for sleep", "what is green"])
+ALWAYS = CallableReward(lambda p, r: 1e6, name="always")
+
+
+def run(policy, reward, method, config, prompts=PROMPTS):
+    return run_prompts(prompts, method, config, policy, reward)
+
+
+@pytest.fixture(scope="module")
+def endless(tiny_policy):
+    """The tiny policy with no stop token, so responses run to max_new_tokens."""
+    policy = Policy(tiny_policy.model, tiny_policy.tokenizer)
+    policy.stop_token_ids = frozenset()
+    return policy
+
+
+def test_cards_with_an_always_accepting_reward_is_plain_sampling(endless):
+    plain = run(endless, ALWAYS, "sampling", SamplingConfig(temperature=0.7, top_k=40, max_new_tokens=40))
+    segmented = run(endless, ALWAYS, "cards", CardsConfig(r_star=0.0, max_new_tokens=40, entropy_threshold=0.5))
+    for a, b in zip(plain, segmented):
+        assert a.response == b.response
+        assert b.details["segments"] > 1  # it really was cut into segments
+        assert all(n == 0 for n in b.details["rejections_per_segment"])
+        assert sum(b.details["segment_lengths"]) == b.response_tokens
+
+
+def test_segments_follow_the_entropy_rule(endless):
+    # the tiny random model is near-uniform: entropy ~ log(vocab) > 3 nats, so every segment is cut
+    # at min_segment_tokens; an unreachable threshold cuts only at max_segment_tokens
+    short = run(endless, ALWAYS, "cards", CardsConfig(r_star=0.0, max_new_tokens=30, min_segment_tokens=4))
+    long = run(endless, ALWAYS, "cards", CardsConfig(r_star=0.0, max_new_tokens=30, entropy_threshold=99.0,
+                                                        min_segment_tokens=4, max_segment_tokens=7))
+    for r in short:
+        assert all(n == 4 for n in r.details["segment_lengths"][:-1])
+    for r in long:
+        assert all(n == 7 for n in r.details["segment_lengths"][:-1])
+
+
+def test_retry_cap_is_honoured_and_the_best_candidate_is_taken(endless):
+    calls = []
+
+    def score(prompt, response):
+        value = (sum(map(ord, response)) % 97) / 10  # deterministic, varies per candidate
+        calls.append((response, value))
+        return value
+
+    reward = CallableReward(score, name="checksum")
+    config = CardsConfig(r_star=1e9, acceptance="hard", max_retries=3, max_new_tokens=16, proposals=1)
+    [result] = run(endless, reward, "cards", config, prompts=PROMPTS[:1])
+    d = result.details
+    assert d["rejections_per_segment"] == [3] * d["segments"]
+    segment_calls = calls[1:]  # the first call scores the prompt alone, r(x)
+    for k, accepted in enumerate(d["accepted_rewards"]):
+        assert accepted == max(v for _, v in segment_calls[3 * k:3 * k + 3])
+    assert result.reward == d["accepted_rewards"][-1]
+
+
+def test_cards_stops_at_eos_mid_segment(tiny_policy):
+    stopping = Policy(tiny_policy.model, tiny_policy.tokenizer)
+    stopping.stop_token_ids = frozenset(range(8, 60))
+    config = CardsConfig(r_star=0.0, max_new_tokens=60, entropy_threshold=99.0, max_segment_tokens=64)
+    ids = [stopping.encode(p) for p in PROMPTS]
+    outcomes = cards(PROMPTS, ids, [prompt_key(0, p.id) for p in PROMPTS], stopping, ALWAYS, config,
+                     Meter(len(PROMPTS)))
+    for o in outcomes:
+        assert o.finish_reason == "eos" and o.response_ids[-1] in stopping.stop_token_ids
+        assert len(o.response_ids) < 60 and o.details["segments"] == 1
+
+
+def test_parallel_proposals_agree_with_the_sequential_rule(tiny_policy):
+    reward = load_reward("sentiment+civility")
+    for proposals in (1, 3):
+        results = run(tiny_policy, reward, "cards", CardsConfig(max_new_tokens=24, proposals=proposals,
+                                                                 r_star_samples=2, acceptance="hard"))
+        for r in results:
+            d = r.details
+            assert math.isfinite(d["r_star"]) and len(d["r_star_calibration_rewards"]) == 2
+            assert sum(d["segment_lengths"]) == r.response_tokens
+            assert all(0 <= n <= 20 for n in d["rejections_per_segment"])
+            # auto r_star is mean + 0.5 std of the calibration samples
+            cal = d["r_star_calibration_rewards"]
+            mean = sum(cal) / 2
+            assert d["r_star"] == pytest.approx(mean + 0.5 * abs(cal[0] - cal[1]) / 2)
+
+
+def test_threshold_schedule():
+    state = _PromptState(r0=1.0, r_star=3.0)
+    assert threshold(state, 0, 100) == 1.0
+    assert threshold(state, 50, 100) == 2.0
+    assert threshold(state, 100, 100) == 3.0
+    assert threshold(state, 150, 100) == 3.0
+
+
+def test_cards_results_do_not_depend_on_batching(tiny_policy):
+    reward = load_reward("sentiment")
+    config = CardsConfig(r_star=0.2, max_new_tokens=20, acceptance="hard", max_retries=4)
+    together = run(tiny_policy, reward, "cards", config)
+    alone = [run(tiny_policy, reward, "cards", config, prompts=[p])[0] for p in PROMPTS]
+    assert [r.response for r in together] == [r.response for r in alone]
+
+
+def test_rejection_sampling_takes_first_accepted_or_best(tiny_policy):
+    plain = run(tiny_policy, ALWAYS, "sampling", SamplingConfig(temperature=0.7, top_k=40, max_new_tokens=12))
+    accepted = run(tiny_policy, ALWAYS, "rejection-sampling", RejectionSamplingConfig(r_star=0.0, max_new_tokens=12))
+    assert [a.response for a in accepted] == [p.response for p in plain]
+    assert all(a.details["accepted_index"] == 0 for a in accepted)
+    never = CallableReward(lambda p, r: len(r) / 100, name="length")
+    capped = run(tiny_policy, never, "rejection-sampling",
+                 RejectionSamplingConfig(r_star=1e9, max_retries=5, proposals=2, max_new_tokens=12))
+    for r in capped:
+        assert r.details["rejections"] == 5 and r.cost.rm_calls == 5
+        assert 0 <= r.details["accepted_index"] < 5
+
+
+def test_args_picks_logit_plus_weighted_reward(tiny_policy):
+    reward = load_reward("sentiment")
+    [greedy] = run(tiny_policy, reward, "sampling", SamplingConfig(temperature=0, max_new_tokens=8), PROMPTS[:1])
+    [guided_zero] = run(tiny_policy, reward, "args", ArgsConfig(weight=0.0, max_new_tokens=8, top_k=5), PROMPTS[:1])
+    assert guided_zero.response == greedy.response  # w = 0: plain greedy decoding
+    [guided] = run(tiny_policy, reward, "args", ArgsConfig(weight=1.5, max_new_tokens=8, top_k=5), PROMPTS[:1])
+    assert guided.cost.rm_calls == 5 * guided.response_tokens + 1  # k candidates per step + the final score
+
+
+@pytest.mark.parametrize("config, options, message", [
+    (CardsConfig, {"entropy_threshold": 0}, "entropy_threshold must be > 0"),
+    (CardsConfig, {"min_segment_tokens": 8, "max_segment_tokens": 4}, "max_segment_tokens (4) must be an integer >= min_segment_tokens (8)"),
+    (CardsConfig, {"acceptance": "maybe"}, "acceptance must be 'soft' or 'hard', got 'maybe'"),
+    (CardsConfig, {"beta": 0}, "beta must be > 0, got 0"),
+    (CardsConfig, {"r_star": "high"}, "r_star must be a finite number or 'auto'"),
+    (CardsConfig, {"max_retries": 0}, "max_retries must be an integer >= 1"),
+    (RejectionSamplingConfig, {"beta": -1}, "beta must be > 0"),
+    (ArgsConfig, {"top_k": 0}, "top_k must be >= 1"),
+])
+def test_invalid_config_is_named(config, options, message):
+    with pytest.raises(SecateursError) as err:
+        config(**options)
+    assert message in str(err.value)
