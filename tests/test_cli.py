@@ -130,3 +130,36 @@ def test_unknown_method_and_nan_reward_exit_nonzero_with_one_line(tiny_policy_fo
     assert nan.stderr.strip().splitlines()[-1].startswith("error: reward 'py:nanreward:score' returned nan")
     assert "Traceback" not in nan.stderr
     assert not (tmp_path / "o.jsonl").exists() or (tmp_path / "o.jsonl").read_text() == ""
+
+
+@pytest.mark.parametrize("method, extra", [
+    ("speculative-rejection", ["--n", "4", "--alpha", "0.5", "--decision-tokens", "2,4"]),
+    ("cards", ["--r-star", "0.1", "--entropy-threshold", "3.0", "--max-retries", "3"]),
+    ("rejection-sampling", ["--r-star", "auto", "--proposals", "2"]),
+    ("args", ["--weight", "1.5", "--top-k", "3"]),
+])
+def test_every_method_runs_and_resumes_from_the_cli(tiny_policy_folder, tmp_path, method, extra):
+    prompts = write_jsonl(tmp_path / "p.jsonl", PROMPTS[:3])
+    out = tmp_path / "out.jsonl"
+    args = ["run", "--method", method, "--policy", tiny_policy_folder, "--reward", "sentiment", "--quiet",
+            "--max-new-tokens", "6", "--prompts", prompts, "--out", out, *extra]
+    assert invoke(*args).exit_code == 0
+    lines = out.read_text().splitlines()
+    out.write_text("\n".join(lines[:1]) + "\n")  # as if killed after the first prompt
+    result = invoke(*args)
+    assert result.exit_code == 0, result.exception
+    assert [r["id"] for r in read_out(out)] == ["p0", "p1", "p2"]
+    assert [r["response"] for r in read_out(out)] == [json.loads(line)["response"] for line in lines]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--method", "speculative-rejection", "--alpha", "1.5"], "alpha must be in [0, 1), got 1.5"),
+    (["--method", "speculative-rejection", "--decision-tokens", "8,x"], "--decision-tokens must be comma-separated"),
+    (["--method", "cards", "--entropy-threshold", "0"], "entropy_threshold must be > 0"),
+    (["--method", "cards", "--acceptance", "lenient"], "acceptance must be 'soft' or 'hard'"),
+    (["--method", "cards", "--r-star", "lots"], "--r-star must be a number or 'auto', got 'lots'"),
+    (["--method", "sampling", "--alpha", "0.5"], "--alpha does not apply to method 'sampling'"),
+])
+def test_bad_method_options_are_named(tiny_policy_folder, tmp_path, args, message):
+    result = invoke("run", "--policy", tiny_policy_folder, "--quiet", "--out", tmp_path / "o.jsonl", *args)
+    assert result.exit_code != 0 and message in str(result.exception)

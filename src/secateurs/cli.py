@@ -34,6 +34,15 @@ def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
         raise SecateursError(f"{option} must be comma-separated integers, got {text!r}") from None
 
 
+def _r_star(text: str | None) -> float | str | None:
+    if text is None or text == "auto":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise SecateursError(f"--r-star must be a number or 'auto', got {text!r}") from None
+
+
 def _print_comparison(prompts, by_method: dict[str, list]) -> None:
     width = 100
     for i, prompt in enumerate(prompts):
@@ -91,6 +100,19 @@ def cli(verbose: bool) -> None:
               help="speculative-rejection: KV memory for the prompts in flight, instead of --kv-budget-tokens.")
 @click.option("--decision-tokens", default=None,
               help="speculative-rejection: explicit response lengths to reject at, e.g. 16,32,64.")
+@click.option("--r-star", default=None,
+              help="cards / rejection-sampling: target reward, or 'auto' to calibrate it per prompt [auto].")
+@click.option("--beta", type=float, default=None,
+              help="cards / rejection-sampling: sampling and soft-acceptance temperature [0.7].")
+@click.option("--acceptance", default=None, help="cards / rejection-sampling: soft or hard [soft].")
+@click.option("--max-retries", type=int, default=None,
+              help="cards / rejection-sampling: rejections before the best seen is taken [20].")
+@click.option("--proposals", type=int, default=None,
+              help="cards [1] / rejection-sampling [4]: candidates proposed per prompt at once.")
+@click.option("--entropy-threshold", type=float, default=None, help="cards: segment-cut entropy, nats [3.0].")
+@click.option("--min-segment-tokens", type=int, default=None, help="cards: [4].")
+@click.option("--max-segment-tokens", type=int, default=None, help="cards: [64].")
+@click.option("--weight", type=float, default=None, help="args: reward weight w [1.5].")
 @click.option("--max-new-tokens", type=int, default=None, help="Response length limit [128].")
 @click.option("--temperature", type=float, default=None, help="Sampling temperature [1.0].")
 @click.option("--top-k", type=int, default=None, help="Top-k filter, 0 = off [50].")
@@ -100,13 +122,18 @@ def cli(verbose: bool) -> None:
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available].")
 @click.option("--quiet", is_flag=True, help="No progress bar and no per-prompt printout.")
 def run(method, prompts_path, out, policy, reward, n, alpha, kv_budget_tokens, memory_gib, decision_tokens,
-        max_new_tokens, temperature, top_k, top_p, max_batch_rows, seed, device, quiet) -> None:
+        r_star, beta, acceptance, max_retries, proposals, entropy_threshold, min_segment_tokens,
+        max_segment_tokens, weight, max_new_tokens, temperature, top_k, top_p, max_batch_rows, seed, device,
+        quiet) -> None:
     """Align the answers to a set of prompts and write one JSON line per prompt."""
     methods = [method] if method else list(DEMO_METHODS)
     common = _options(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                       max_batch_rows=max_batch_rows)
     specific = _options(n=n, alpha=alpha, kv_budget_tokens=kv_budget_tokens, memory_gib=memory_gib,
-                        decision_tokens=_int_list(decision_tokens, "--decision-tokens"))
+                        decision_tokens=_int_list(decision_tokens, "--decision-tokens"),
+                        r_star=_r_star(r_star), beta=beta, acceptance=acceptance, max_retries=max_retries,
+                        proposals=proposals, entropy_threshold=entropy_threshold,
+                        min_segment_tokens=min_segment_tokens, max_segment_tokens=max_segment_tokens, weight=weight)
     configs = {}
     for m in methods:
         fields = get_method(m).config_class.__dataclass_fields__
