@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shlex
 import sys
 import textwrap
 from pathlib import Path
@@ -161,6 +162,68 @@ def run(method, prompts_path, out, policy, reward, n, alpha, kv_budget_tokens, m
             _print_summary(by_method)
         else:
             _print_comparison(prompts, by_method)
+
+
+@cli.command(context_settings={"allow_interspersed_args": True})
+@click.argument("more_methods", nargs=-1)
+@click.option("--methods", "first_method", default=None,
+              help="Methods to compare, each METHOD[:KEY=V1,V2[:KEY=...]] (a grid), space-separated, e.g. "
+                   "--methods best-of-n:n=1,2,4,8 speculative-rejection:alpha=0.5,0.9 cards")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
+              help="YAML file with the same content (prompts, methods, out, policy, reward, ...); "
+                   "command-line options override it.")
+@click.option("--prompts", "prompts_path", default=None, help="Prompt file (JSONL or JSON list) [built-in set].")
+@click.option("--out", default=None, help="Output folder [secateurs-bench].")
+@click.option("--policy", default=None)
+@click.option("--reward", default=None, help="The guiding reward every method optimises.")
+@click.option("--gold-reward", default=None, help="A separate reward to judge with (exposes reward hacking).")
+@click.option("--reference", default=None, help="Method (cell name, e.g. 'best-of-n n=8') the win rates are "
+                                                "against [the largest Best-of-N].")
+@click.option("--tie-margin", type=float, default=None, help="Scores closer than this tie [0.01].")
+@click.option("--max-new-tokens", type=int, default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples for intervals [1000].")
+@click.option("--device", default=None)
+def bench(more_methods, first_method, config_path, prompts_path, out, policy, reward, gold_reward, reference,
+          tie_margin, max_new_tokens, seed, bootstrap, device) -> None:
+    """Run several methods on the same prompts, policy, reward and seed; write results, plots and a report."""
+    from .bench import BenchSpec, cells_from_yaml, parse_method_spec, run_bench, write_report
+
+    data = {}
+    if config_path is not None:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(config_path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise SecateursError(f"cannot read --config {str(config_path)!r}: {e}") from None
+        if not isinstance(data, dict):
+            raise SecateursError(f"--config {str(config_path)!r} must hold a mapping")
+        known = {"prompts", "methods", "out", "policy", "reward", "gold_reward", "reference", "tie_margin",
+                 "max_new_tokens", "seed", "bootstrap"}
+        if set(data) - known:
+            raise SecateursError(f"--config: unknown keys {sorted(set(data) - known)}; known: {sorted(known)}")
+    specs = [m for m in (first_method, *more_methods) if m]
+    cells = [c for m in specs for c in parse_method_spec(m)] if specs else cells_from_yaml(data.get("methods") or [])
+
+    def pick(cli_value, key, default=None):
+        return cli_value if cli_value is not None else data.get(key, default)
+
+    spec = BenchSpec(
+        prompts=pick(prompts_path, "prompts"), cells=cells, out=Path(pick(out, "out", "secateurs-bench")),
+        policy=pick(policy, "policy"), reward=pick(reward, "reward"), gold_reward=pick(gold_reward, "gold_reward"),
+        reference=pick(reference, "reference"), tie_margin=float(pick(tie_margin, "tie_margin", 0.01)),
+        seed=int(pick(seed, "seed", 0)), bootstrap=int(pick(bootstrap, "bootstrap", 1000)),
+        common=_options(max_new_tokens=pick(max_new_tokens, "max_new_tokens")),
+        command="secateurs bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+    )
+    prompts, results, setting = run_bench(spec, device=device)
+    summary = write_report(spec, prompts, results, setting)
+    click.echo(f"{'method':36s} {'reward':>8s} {'seconds':>8s} {'LM tokens':>10s} {'RM calls':>9s}")
+    for c in summary["cells"]:
+        click.echo(f"{c['name']:36s} {c['reward']['value']:8.3f} {c['seconds']['value']:8.2f} "
+                   f"{c['lm_tokens']:10.0f} {c['rm_calls']:9.1f}")
+    click.echo(f"report: {spec.out / 'report.html'}")
 
 
 def main() -> None:

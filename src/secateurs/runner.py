@@ -28,7 +28,8 @@ def run_fingerprint(method: str, config: DecodingConfig, policy: Policy, reward:
 
 def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, policy: Policy, reward: Reward,
                 seed: int = 0, out: str | Path | None = None, progress: bool = False,
-                on_results: Callable[[list[AlignResult]], Any] | None = None) -> list[AlignResult]:
+                on_results: Callable[[list[AlignResult]], Any] | None = None,
+                label: str | None = None) -> list[AlignResult]:
     """Run `method` on every prompt and return one result per prompt, in the prompts' order.
 
     With `out`, results are appended to that JSONL file as each batch finishes, and prompts whose
@@ -46,7 +47,7 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     todo = [p for p in prompts if p.id not in done]
     per_batch = config.prompts_per_call()
     writer = ResultWriter(Path(out)) if out is not None else None
-    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=method, unit="prompt",
+    bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=label or method, unit="prompt",
                disable=not progress, dynamic_ncols=True)
     try:
         for start in range(0, len(todo), per_batch):

@@ -1,0 +1,143 @@
+"""What a bench runs: cells (a method with one set of options), parsed from the command line or a
+YAML file, and checked before any model is loaded."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import SecateursError
+from ..methods import get_method
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One method with one set of options: one column of the comparison."""
+
+    method: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def name(self) -> str:
+        if not self.options:
+            return self.method
+        return self.method + " " + " ".join(f"{k}={_show(v)}" for k, v in self.options)
+
+    @property
+    def file_stem(self) -> str:
+        return re.sub(r"[^A-Za-z0-9=.,_-]+", "_", self.name)
+
+    def option(self, key: str, default=None):
+        return dict(self.options).get(key, default)
+
+
+def _show(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def _parse_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_method_spec(spec: str) -> list[Cell]:
+    """'best-of-n:n=1,2,4' -> three cells; 'speculative-rejection:n=64:alpha=0.5,0.9' -> two; 'cards' -> one."""
+    method, *parts = spec.split(":")
+    grid: list[tuple[str, list[Any]]] = []
+    for part in parts:
+        key, eq, values = part.partition("=")
+        if not eq or not key or not values:
+            raise SecateursError(f"bad method spec {spec!r}: expected METHOD:KEY=V1,V2[:KEY=...], got part {part!r}")
+        grid.append((key.replace("-", "_"), [_parse_value(v) for v in values.split(",")]))
+    return expand(method, grid)
+
+
+def expand(method: str, grid: list[tuple[str, list[Any]]]) -> list[Cell]:
+    keys = [k for k, _ in grid]
+    return [Cell(method, tuple(zip(keys, combo))) for combo in itertools.product(*[v for _, v in grid])] \
+        if grid else [Cell(method)]
+
+
+def cells_from_yaml(entries: list) -> list[Cell]:
+    """YAML 'methods' entries: 'cards', {'best-of-n': {'n': [1, 2, 4]}}, or a spec string."""
+    cells: list[Cell] = []
+    for entry in entries:
+        if isinstance(entry, str):
+            cells += parse_method_spec(entry)
+        elif isinstance(entry, dict) and len(entry) == 1:
+            [(method, params)] = entry.items()
+            params = params or {}
+            if not isinstance(params, dict):
+                raise SecateursError(f"method {method!r}: options must be a mapping, got {params!r}")
+            grid = [(k.replace("-", "_"), v if isinstance(v, list) else [v]) for k, v in params.items()]
+            cells += expand(method, grid)
+        else:
+            raise SecateursError(f"bad methods entry {entry!r}: use 'METHOD' or {{METHOD: {{KEY: [VALUES]}}}}")
+    return cells
+
+
+@dataclass
+class BenchSpec:
+    prompts: str | None
+    cells: list[Cell]
+    out: Path
+    policy: str | None = None
+    reward: str | None = None
+    gold_reward: str | None = None
+    reference: str | None = None  # cell name the win / tie / lose rates are against
+    tie_margin: float = 0.01
+    seed: int = 0
+    common: dict[str, Any] = field(default_factory=dict)  # options every cell gets (max_new_tokens, ...)
+    bootstrap: int = 1000
+    command: str = ""
+
+    def configs(self) -> dict[str, Any]:
+        """Each cell's validated config; raises on an unknown method, option or bad value."""
+        out = {}
+        for cell in self.cells:
+            method = get_method(cell.method)
+            fields = method.config_class.__dataclass_fields__
+            options = {k: v for k, v in self.common.items() if k in fields}
+            for key, value in cell.options:
+                if key not in fields:
+                    raise SecateursError(f"unknown option {key!r} for method {cell.method!r}; it takes {sorted(fields)}")
+                options[key] = tuple(value) if isinstance(value, list) else value
+            try:
+                out[cell.name] = method.config_class.from_options(options)
+            except SecateursError as e:
+                raise SecateursError(f"{cell.name}: {e}") from None
+        return out
+
+    def validate(self) -> dict[str, Any]:
+        if not self.cells:
+            raise SecateursError("no methods to compare: give --methods or a 'methods' list in --config")
+        names = [c.name for c in self.cells]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise SecateursError(f"methods listed twice: {duplicates}")
+        configs = self.configs()
+        if self.reference is not None and self.reference not in names:
+            raise SecateursError(f"reference method {self.reference!r} is not in this run; choose one of {names}")
+        if self.bootstrap < 100:
+            raise SecateursError(f"bootstrap must be >= 100 resamples, got {self.bootstrap}")
+        if not self.tie_margin >= 0:
+            raise SecateursError(f"tie margin must be >= 0, got {self.tie_margin}")
+        return configs
+
+    def reference_best_of_n(self) -> Cell | None:
+        """The Best-of-N cell with the largest n: the improvement score's reference."""
+        cells = [c for c in self.cells if c.method == "best-of-n"]
+        return max(cells, key=lambda c: c.option("n", 16)) if cells else None
+
+    def default_reference(self) -> str:
+        if self.reference:
+            return self.reference
+        bon = self.reference_best_of_n()
+        return bon.name if bon else self.cells[0].name
