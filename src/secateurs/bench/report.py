@@ -7,7 +7,6 @@ import html
 import io
 import json
 import platform
-from pathlib import Path
 
 import numpy as np
 

@@ -7,7 +7,8 @@ import statistics
 from dataclasses import dataclass
 
 from ..errors import SecateursError
-from ..sampling import child_key, uniform
+from ..sampling import SamplingParams, child_key, uniform
+from .base import DecodingConfig
 
 # Calibration samples use keys far from the method's own samples, so they are independent of them.
 _CALIBRATION_OFFSET = 1 << 20
@@ -35,6 +36,22 @@ class RewardTarget:
             raise SecateursError(f"max_retries must be an integer >= 1, got {self.max_retries!r}")
         if not isinstance(self.r_star_samples, int) or self.r_star_samples < 2:
             raise SecateursError(f"r_star_samples must be an integer >= 2, got {self.r_star_samples!r}")
+
+
+@dataclass
+class TargetedConfig(DecodingConfig, RewardTarget):
+    """Settings of the methods that accept against r_star (CARDS, rejection sampling): they sample at
+    temperature beta with top-k 40, as the CARDS paper does."""
+
+    temperature: float | None = None  # sampling temperature; None: beta
+    top_k: int = 40
+
+    def validate(self) -> None:
+        self.validate_target()  # first: the sampling check in super() uses beta
+        super().validate()
+
+    def sampling(self) -> SamplingParams:
+        return SamplingParams(self.beta if self.temperature is None else self.temperature, self.top_k, self.top_p)
 
 
 def accepts(reward: float, threshold: float, target: RewardTarget, key: int, counter: int) -> bool:

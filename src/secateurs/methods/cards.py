@@ -22,7 +22,6 @@ using the batch; proposals after the winner are wasted work).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 
 import torch
@@ -30,15 +29,12 @@ import torch
 from ..engine import RolloutBatch, StepView
 from ..errors import SecateursError
 from ..rewards import metered_score
-from ..sampling import SamplingParams
-from .acceptance import RewardTarget, accepts, r_stars
-from .base import DecodingConfig, Outcome, register
+from .acceptance import TargetedConfig, accepts, r_stars
+from .base import Outcome, register
 
 
 @dataclass
-class CardsConfig(DecodingConfig, RewardTarget):
-    temperature: float | None = None  # sampling temperature; None: beta, as in the paper
-    top_k: int = 40
+class CardsConfig(TargetedConfig):
     entropy_threshold: float = 3.0  # tau_u: cut a segment before a token this uncertain (nats)
     min_segment_tokens: int = 4
     max_segment_tokens: int = 64
@@ -46,7 +42,6 @@ class CardsConfig(DecodingConfig, RewardTarget):
     proposals: int = 1  # segments proposed per prompt at once; the first accepted in order wins
 
     def validate(self) -> None:
-        self.validate_target()  # first: sampling (checked by super) uses beta
         super().validate()
         if not self.entropy_threshold > 0:
             raise SecateursError(f"entropy_threshold must be > 0, got {self.entropy_threshold}")
@@ -59,9 +54,6 @@ class CardsConfig(DecodingConfig, RewardTarget):
             raise SecateursError(f"alpha must be in [0, 1], got {self.alpha}")
         if not isinstance(self.proposals, int) or self.proposals < 1:
             raise SecateursError(f"proposals must be an integer >= 1, got {self.proposals!r}")
-
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.beta if self.temperature is None else self.temperature, self.top_k, self.top_p)
 
     def rows_per_prompt(self) -> int:
         return self.proposals

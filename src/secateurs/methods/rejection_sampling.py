@@ -13,26 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import SecateursError
-from ..sampling import SamplingParams
-from .acceptance import RewardTarget, accepts, r_stars
-from .base import DecodingConfig, Outcome, register
+from .acceptance import TargetedConfig, accepts, r_stars
+from .base import Outcome, register
 from .best_of_n import PromptSampler
 
 
 @dataclass
-class RejectionSamplingConfig(DecodingConfig, RewardTarget):
-    temperature: float | None = None  # sampling temperature; None: beta (CARDS' setting)
-    top_k: int = 40
+class RejectionSamplingConfig(TargetedConfig):
     proposals: int = 4  # responses drawn per prompt per round (checked in order)
 
     def validate(self) -> None:
-        self.validate_target()  # first: sampling (checked by super) uses beta
         super().validate()
         if not isinstance(self.proposals, int) or self.proposals < 1:
             raise SecateursError(f"proposals must be an integer >= 1, got {self.proposals!r}")
-
-    def sampling(self) -> SamplingParams:
-        return SamplingParams(self.beta if self.temperature is None else self.temperature, self.top_k, self.top_p)
 
     def rows_per_prompt(self) -> int:
         return self.proposals
