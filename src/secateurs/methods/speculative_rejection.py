@@ -13,10 +13,11 @@ and on its own schedule; a prompt that finishes frees its rows for the next prom
 
 The budget. Each prompt gets `kv_budget_tokens` cache tokens (its live rows x their lengths,
 prompt included, as each candidate holds its own copy). If not given, it is derived from
-`memory_gib` (bytes / KV bytes per token, shared by the prompts in flight) or, by default, set to
-n x (prompt length + first_decision_tokens): the budget the paper's B0 rule (the largest batch
-that fits a short run) would give, so the method behaves as on a memory-bound GPU even on a CPU
-with plenty of RAM. `decision_tokens` replaces the budget by an explicit schedule.
+`memory_gib` (bytes / KV bytes per token, shared by the prompts in flight); on a GPU, from 90% of
+its free memory, as in the paper; on a CPU, whose RAM would let the decision point never come,
+it is n x (prompt length + first_decision_tokens): the budget the paper's B0 rule (the largest
+batch that fits a short run) would give, so the method behaves as on a memory-bound GPU.
+`decision_tokens` replaces the budget by an explicit schedule.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
+
+import torch
 
 from ..engine import RolloutBatch
 from ..errors import SecateursError
@@ -104,6 +107,9 @@ def _budget(config: SpeculativeRejectionConfig, policy, prompt_len: int) -> int 
         budget = config.kv_budget_tokens
     elif config.memory_gib is not None:
         budget = int(config.memory_gib * 2**30 / policy.kv_bytes_per_token() / config.in_flight())
+    elif policy.device.type == "cuda":  # as the paper: the decision point is where GPU memory is full
+        free, _ = torch.cuda.mem_get_info(policy.device)
+        budget = int(0.9 * free / policy.kv_bytes_per_token() / config.in_flight())
     else:
         budget = config.n * (prompt_len + config.first_decision_tokens)
     if budget < config.n * (prompt_len + 1):
