@@ -15,18 +15,11 @@ means and, for CARDS, the time saved against the baseline of nearest mean reward
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import time
 from pathlib import Path
 from statistics import mean
 
-import secateurs
-from secateurs.models import load_policy
-from secateurs.prompts import make_prompts
-from secateurs.rewards import load_reward
-
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "hh_rlhf_100.json"
+from common import MethodRuns
 
 
 def main() -> None:
@@ -35,20 +28,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/out/cards"))
     args = parser.parse_args()
-    prompts = make_prompts([d["prompt"] for d in json.loads(DATA.read_text())[:args.prompts]])
-    policy, reward = load_policy(), load_reward()
-    common = dict(policy=policy, reward=reward, seed=0, max_new_tokens=args.max_new_tokens)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    secateurs.align(prompts[:2], method="best-of-n", n=4, **{**common, "max_new_tokens": 8})  # warm-up
-
-    runs: dict[str, tuple[list, float]] = {}
-
-    def run(name, method, **options):
-        start = time.perf_counter()
-        results = secateurs.align(prompts, method=method, out=args.out_dir / f"{name}.jsonl", progress=True,
-                                  **common, **options)
-        runs[name] = (results, time.perf_counter() - start)
-        return results
+    bench = MethodRuns("hh_rlhf_100.json", args.prompts, args.max_new_tokens, args.out_dir)
+    prompts, policy, reward, run = bench.prompts, bench.policy, bench.reward, bench.run
 
     plain = run("sampling", "sampling", temperature=0.7, top_k=40)
     rewards = [r.reward for r in plain]
@@ -66,7 +47,7 @@ def main() -> None:
     print(f"{'method':20s} {'reward':>7s} {'seconds':>8s} {'LM calls':>9s} {'LM tokens':>10s} {'RM calls':>9s} "
           f"{'segments':>9s} {'rejections':>11s}")
     rows = {}
-    for name, (results, _) in runs.items():
+    for name, results in bench.runs.items():
         row = dict(reward=mean(r.reward for r in results), seconds=mean(r.cost.seconds for r in results),
                    calls=mean(r.cost.lm_forward_calls for r in results), tokens=mean(r.cost.lm_tokens for r in results),
                    rm=mean(r.cost.rm_calls for r in results))

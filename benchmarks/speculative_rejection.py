@@ -16,18 +16,12 @@ killed benchmark resumes.
 from __future__ import annotations
 
 import argparse
-import json
-import time
 from pathlib import Path
 from statistics import mean
 
-import secateurs
-from secateurs.metrics import equivalent_compute, improvement_score
-from secateurs.models import load_policy
-from secateurs.prompts import make_prompts
-from secateurs.rewards import load_reward
+from common import MethodRuns
 
-DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "alpaca_farm_100.json"
+from secateurs.metrics import equivalent_compute, improvement_score
 
 
 def main() -> None:
@@ -38,19 +32,8 @@ def main() -> None:
     parser.add_argument("--alphas", default="0.3,0.5,0.7,0.9")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/out/speculative_rejection"))
     args = parser.parse_args()
-    prompts = make_prompts([d["prompt"] for d in json.loads(DATA.read_text())[:args.prompts]])
-    policy, reward = load_policy(), load_reward()
-    common = dict(policy=policy, reward=reward, seed=0, max_new_tokens=args.max_new_tokens)
-    args.out_dir.mkdir(parents=True, exist_ok=True)
-    secateurs.align(prompts[:2], method="best-of-n", n=4, **{**common, "max_new_tokens": 8})  # warm-up
-
-    runs: dict[str, tuple[list, float]] = {}
-
-    def run(name, method, **options):
-        start = time.perf_counter()
-        results = secateurs.align(prompts, method=method, out=args.out_dir / f"{name}.jsonl", progress=True,
-                                  **common, **options)
-        runs[name] = (results, time.perf_counter() - start)
+    bench = MethodRuns("alpaca_farm_100.json", args.prompts, args.max_new_tokens, args.out_dir)
+    prompts, policy, reward, run = bench.prompts, bench.policy, bench.reward, bench.run
 
     ns = [2**i for i in range(args.max_n.bit_length()) if 2**i <= args.max_n]
     for n in ns:
@@ -58,7 +41,7 @@ def main() -> None:
     for alpha in map(float, args.alphas.split(",")):
         run(f"spec-rej a={alpha}", "speculative-rejection", n=args.max_n, alpha=alpha)
 
-    reference = {r.id: r.details["candidate_rewards"] for r in runs[f"best-of-{args.max_n}"][0]}
+    reference = {r.id: r.details["candidate_rewards"] for r in bench.runs[f"best-of-{args.max_n}"]}
 
     def summary(results):
         return dict(
@@ -69,7 +52,7 @@ def main() -> None:
             rm_calls=mean(r.cost.rm_calls for r in results),
         )
 
-    rows = {name: summary(results) for name, (results, _) in runs.items()}
+    rows = {name: summary(results) for name, results in bench.runs.items()}
     curve_s = [(rows[f"best-of-{n}"]["seconds"], rows[f"best-of-{n}"]["score"]) for n in ns]
     curve_t = [(rows[f"best-of-{n}"]["tokens"], rows[f"best-of-{n}"]["score"]) for n in ns]
 
@@ -90,7 +73,7 @@ def main() -> None:
           "every Best-of-N (a lower bound)." % args.max_n)
     for name, row in rows.items():
         if name.startswith("spec-rej"):
-            d = runs[name][0][0].details
+            d = bench.runs[name][0].details
             print(f"{name}: first prompt's decision points {d['decision_points']}, survivors {d['survivors_per_round']}")
 
 
