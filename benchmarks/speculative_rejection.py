@@ -61,8 +61,8 @@ def main() -> None:
     print(f"{'method':18s} {'reward':>7s} {'score':>6s} {'seconds':>8s} {'LM tokens':>10s} {'RM calls':>9s} "
           f"{'speedup(s)':>11s} {'speedup(tok)':>13s}")
     for name, row in rows.items():
-        cells = []
-        for curve, key in ((curve_s, "seconds"), (curve_t, "tokens")):
+        cells = ["(curve)", "(curve)"] if name.startswith("best-of") else []
+        for curve, key in ((curve_s, "seconds"), (curve_t, "tokens")) if not cells else ():
             needed, how = equivalent_compute(curve, row["score"])
             mark = {"interpolated": "", "above": ">=", "below": "<="}[how]
             cells.append(f"{mark}{needed / row[key]:.2f}x")
