@@ -216,8 +216,10 @@ class RolloutBatch:
         `chooser`, if given, picks each next token instead of sampling (e.g. ARGS' reward-guided
         search). Returns the number of tokens each row gained.
         """
-        self._maybe_compact()
         gained = torch.zeros(self.size, dtype=torch.long)
+        if max_tokens < 1 or self.size == 0:
+            return gained
+        self._maybe_compact()
         running = ~self.finished
         lengths = self.response_lengths()
         while True:
