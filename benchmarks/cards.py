@@ -6,7 +6,7 @@
 On the first HH-RLHF prompts (../shared/data/hh_rlhf_100.json, a set the CARDS paper uses), with
 the default policy and reward, the same seed and max_new_tokens, runs: plain sampling (CARDS'
 temperature 0.7, top-k 40), Best-of-N (N = 4, 8, 16), item-level rejection sampling, ARGS and
-CARDS. r_star follows the paper's recipe, "a little above the average reward of a reference
+CARDS (soft, hard, and hard with 4 parallel proposals). r_star follows the paper's recipe, "a little above the average reward of a reference
 method": mean + 0.5 std of the plain-sampling rewards of this run, shared by every prompt; CARDS
 with r_star="auto" (per-prompt calibration, its cost counted) is reported too. Prints per-prompt
 means and, for CARDS, the time saved against the baseline of nearest mean reward.
@@ -40,6 +40,7 @@ def main() -> None:
     run("args", "args")
     run("cards", "cards", r_star=r_star)
     run("cards hard", "cards", r_star=r_star, acceptance="hard")
+    run("cards hard x4", "cards", r_star=r_star, acceptance="hard", proposals=4)
     run("cards auto r*", "cards")
 
     print(f"\n{len(prompts)} HH-RLHF prompts, policy {policy.name}, reward {reward.name}, "

@@ -85,14 +85,31 @@ def threshold(state: _PromptState, length: int, max_new_tokens: int) -> float:
     return min(state.r0 + length * (state.r_star - state.r0) / max_new_tokens, state.r_star)
 
 
-def entropy_cut(config: CardsConfig):
-    """Stop rule: end the segment before a token whose next-token entropy is >= the threshold."""
-    def rule(view: StepView) -> torch.Tensor:
-        long_enough = view.segment_tokens.to(view.logits.device) >= config.min_segment_tokens
-        if not long_enough.any():
-            return long_enough.cpu()
-        return (long_enough & (view.entropy >= config.entropy_threshold)).cpu()
-    return rule
+class SegmentCutter:
+    """The stop rule that ends each row's current segment: before a token whose next-token entropy
+    is >= entropy_threshold once the segment has min_segment_tokens, or at max_segment_tokens.
+
+    Segments are counted from each row's accepted length, so rows need not start their segments
+    together: the batch is extended in short chunks and a prompt is decided as soon as all its
+    proposals have ended, while other rows keep decoding (no row waits for the longest segment).
+    """
+
+    def __init__(self, config: CardsConfig, size: int):
+        self.config = config
+        self.start = torch.zeros(size, dtype=torch.long)  # accepted length of each row
+        self.ended = torch.zeros(size, dtype=torch.bool)
+
+    def __call__(self, view: StepView) -> torch.Tensor:
+        length = view.response_tokens - self.start[view.rows]
+        stop = length >= self.config.max_segment_tokens
+        long_enough = length >= self.config.min_segment_tokens
+        if long_enough.any():
+            stop |= long_enough & (view.entropy.cpu() >= self.config.entropy_threshold)
+        self.ended[view.rows[stop]] = True
+        return stop
+
+    def keep(self, rows: list[int]) -> None:
+        self.start, self.ended = self.start[rows], self.ended[rows]
 
 
 @register("cards", CardsConfig, "segment-level rejection sampling, segments cut at uncertain tokens (Li et al. 2024)")
@@ -106,24 +123,29 @@ def cards(prompts, prompt_ids, keys, policy, reward, config: CardsConfig, meter)
     batch.fork(config.proposals)  # slot i of a prompt samples with Best-of-N's key for sample i
     owner = [p for p in groups for _ in range(config.proposals)]  # prompt of each row
     outcomes: list[Outcome | None] = [None] * len(prompts)
-    rule = entropy_cut(config)
+    cutter = SegmentCutter(config, batch.size)
 
     while batch.size:
-        batch.extend(config.max_segment_tokens, stop_rule=rule)
-        lengths = batch.response_lengths().tolist()
-        texts = batch.responses()
+        batch.extend(config.min_segment_tokens, stop_rule=cutter)
         finished = batch.finished.tolist()
-        scores = [0.0] * batch.size
+        ended = (cutter.ended | batch.finished).tolist()
+        ready = sorted({owner[r] for r in range(batch.size)} -
+                       {owner[r] for r in range(batch.size) if not ended[r]})  # every proposal has ended
+        if not ready:
+            continue
+        lengths = batch.response_lengths().tolist()
+        decide = [r for r in range(batch.size) if owner[r] in ready]
+        texts = {r: policy.decode(batch.response_ids(r)) for r in decide}
+        scores: dict[int, float] = {}
         for is_partial in (False, True):
-            rows = [r for r in range(batch.size) if finished[r] != is_partial]
+            rows = [r for r in decide if finished[r] != is_partial]
             got = metered_score(reward, meter, [prompts[owner[r]] for r in rows], [texts[r] for r in rows],
                                 [owner[r] for r in rows], partial=is_partial)
-            for r, s in zip(rows, got):
-                scores[r] = s
+            scores.update(zip(rows, got))
 
         rewinds: list[int] = []
-        for p in sorted(set(owner)):
-            slots = [r for r in range(batch.size) if owner[r] == p]
+        for p in ready:
+            slots = [r for r in decide if owner[r] == p]
             state = states[p]
             winner = None
             for r in slots:  # the first accepted proposal, in order, wins
@@ -162,9 +184,12 @@ def cards(prompts, prompt_ids, keys, policy, reward, config: CardsConfig, meter)
                 batch.copy_rows(others, [winner] * len(others))  # every slot continues from the accepted prefix
         for r in rewinds:
             batch.rewind([r], [states[owner[r]].accepted])
+        for r in decide:  # a new segment starts at the accepted length
+            cutter.start[r], cutter.ended[r] = states[owner[r]].accepted, False
         live = [r for r in range(batch.size) if not states[owner[r]].done]
         if len(live) < batch.size:
             batch.keep(live)
+            cutter.keep(live)
             owner = [owner[r] for r in live]
     return outcomes
 
