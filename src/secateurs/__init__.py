@@ -1,5 +1,7 @@
 """secateurs: decoding-time alignment of language models, batched and KV-cached."""
 
+__version__ = "0.1.0"  # first: the modules below read it
+
 from .api import align
 from .engine import RolloutBatch
 from .errors import RewardError, SecateursError
@@ -11,6 +13,5 @@ from .results import AlignResult
 from .rewards import Reward, load_reward
 from .sampling import SamplingParams
 
-__version__ = "0.1.0"
 __all__ = ["align", "AlignResult", "Cost", "Policy", "Prompt", "Reward", "RewardError", "RolloutBatch",
            "SamplingParams", "SecateursError", "builtin_prompts", "load_policy", "load_prompts", "load_reward"]

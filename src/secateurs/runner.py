@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from . import __version__
 from .meter import Meter
 from .methods import get_method
 from .methods.base import DecodingConfig
@@ -20,9 +21,10 @@ from .sampling import prompt_key
 
 
 def run_fingerprint(method: str, config: DecodingConfig, policy: Policy, reward: Reward, seed: int) -> str:
-    """Identifies a configuration: results of different configurations never share a file."""
+    """Identifies a configuration: results of different configurations (or library versions, whose
+    methods may decide differently) never share a file."""
     key = json.dumps({"method": method, "config": config.to_dict(), "policy": policy.name,
-                      "reward": reward.name, "seed": seed}, sort_keys=True)
+                      "reward": reward.name, "seed": seed, "secateurs": __version__}, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 

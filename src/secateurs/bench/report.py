@@ -136,8 +136,10 @@ def plot_reward_distribution(cells: list[CellResults]) -> bytes:
     panels = [("reward", [[r.reward for r in c.results] for c in cells])]
     if has_gold:
         panels.append(("gold reward", [c.gold for c in cells]))
-    for ax, (title, data) in zip(axes[0], panels):
+    for i, (ax, (title, data)) in enumerate(zip(axes[0], panels)):
         ax.boxplot(data, orientation="horizontal", tick_labels=[c.name for c in cells])
+        if i:  # the names stand once, left of the first panel
+            ax.tick_params(labelleft=False)
         ax.set_xlabel(title + " per prompt")
         ax.grid(alpha=0.3, axis="x")
         ax.invert_yaxis()
