@@ -33,3 +33,19 @@ def test_align_best_of_n_beats_or_ties_plain_sampling(policy):
         assert b.cost.lm_tokens_prefilled == p.cost.lm_tokens_prefilled  # prompt prefilled once for all 4
         assert b.cost.rm_calls == 4 and b.reward_model.startswith("default(")
     assert "tea" in best[0].response.lower() or "water" in best[0].response.lower()
+
+
+def test_a_gguf_file_path_loads_through_the_same_cached_conversion(policy):
+    import torch
+
+    from secateurs.errors import SecateursError
+    from secateurs.models import packaged_gguf
+
+    path = packaged_gguf()
+    by_path = load_policy(str(path))
+    assert by_path.name == str(path)
+    ids = torch.tensor([policy.encode(secateurs.Prompt("x", ({"role": "user", "content": "Hello"},)))])
+    with torch.no_grad():
+        torch.testing.assert_close(by_path.model(ids).logits, policy.model(ids).logits)
+    with pytest.raises(SecateursError, match="GGUF file '/no/such.gguf' does not exist"):
+        load_policy("/no/such.gguf")
