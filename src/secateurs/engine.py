@@ -60,6 +60,10 @@ def entropy(logits: torch.Tensor) -> torch.Tensor:
 class RolloutBatch:
     """A batch of prompt + response rows with a shared, prunable KV cache."""
 
+    # Per-row state besides the KV cache, mask and next_logits: every reshaping moves all of it.
+    ROW_LISTS = ("tokens", "prompt_lens", "groups", "logprobs", "entropies", "finish_reasons")
+    ROW_TENSORS = ("keys", "draws", "finished", "pending", "n_cached")
+
     def __init__(self, policy: Policy, sampling: SamplingParams, max_new_tokens: int,
                  meter: Meter | None = None, track_entropy: bool = False, stop_at_eos: bool = True):
         if max_new_tokens < 1:
@@ -282,19 +286,11 @@ class RolloutBatch:
             new_layer.keys = layer.keys.index_select(0, dev_index)
             new_layer.values = layer.values.index_select(0, dev_index)
             cache.layers.append(new_layer)
-        return dict(
-            tokens=[list(self.tokens[i]) for i in idx],
-            prompt_lens=[self.prompt_lens[i] for i in idx],
-            groups=[self.groups[i] for i in idx],
-            logprobs=[list(self.logprobs[i]) for i in idx],
-            entropies=[list(self.entropies[i]) for i in idx],
-            finish_reasons=[self.finish_reasons[i] for i in idx],
-            keys=self.keys[index], draws=self.draws[index], finished=self.finished[index],
-            pending=self.pending[index], n_cached=self.n_cached[index],
-            mask=self.mask.index_select(0, dev_index),
-            next_logits=self.next_logits.index_select(0, dev_index),
-            cache=cache,
-        )
+        state = {name: [copy.copy(getattr(self, name)[i]) for i in idx] for name in self.ROW_LISTS}
+        state.update({name: getattr(self, name)[index] for name in self.ROW_TENSORS})
+        state.update(mask=self.mask.index_select(0, dev_index), next_logits=self.next_logits.index_select(0, dev_index),
+                     cache=cache)
+        return state
 
     def _as_index(self, rows: Sequence[int] | torch.Tensor) -> torch.Tensor:
         index = torch.as_tensor(rows, dtype=torch.long).flatten().cpu()
@@ -372,9 +368,9 @@ class RolloutBatch:
             layer.values = torch.cat([va, vb])
         self.mask = torch.cat([mask_a, mask_b])
         self.next_logits = torch.cat([self.next_logits, other.next_logits])
-        for name in ("tokens", "prompt_lens", "groups", "logprobs", "entropies", "finish_reasons"):
+        for name in self.ROW_LISTS:
             getattr(self, name).extend(getattr(other, name))
-        for name in ("keys", "draws", "finished", "pending", "n_cached"):
+        for name in self.ROW_TENSORS:
             setattr(self, name, torch.cat([getattr(self, name), getattr(other, name)]))
 
     @torch.no_grad()
@@ -418,15 +414,13 @@ class RolloutBatch:
             layer.values[dd] = layer.values[sd]
         self.mask[dd] = self.mask[sd]
         self.next_logits[dd] = self.next_logits[sd]
-        for name in ("finished", "pending", "n_cached"):
-            getattr(self, name)[d] = getattr(self, name)[s_]
-        for i, j in zip(d.tolist(), s_.tolist()):
-            self.tokens[i] = list(self.tokens[j])
-            self.logprobs[i] = list(self.logprobs[j])
-            self.entropies[i] = list(self.entropies[j])
-            self.prompt_lens[i] = self.prompt_lens[j]
-            self.groups[i] = self.groups[j]
-            self.finish_reasons[i] = self.finish_reasons[j]
+        for name in self.ROW_TENSORS:
+            if name not in ("keys", "draws"):  # the slot's own randomness stays
+                getattr(self, name)[d] = getattr(self, name)[s_]
+        for name in self.ROW_LISTS:
+            values = getattr(self, name)
+            for i, j in zip(d.tolist(), s_.tolist()):
+                values[i] = copy.copy(values[j])
 
     @torch.no_grad()
     def rewind(self, rows: Sequence[int], response_lengths: Sequence[int]) -> None:

@@ -28,7 +28,7 @@ import torch
 
 from ..engine import RolloutBatch, StepView
 from ..errors import SecateursError
-from ..rewards import metered_score
+from ..rewards import metered_score, metered_score_mixed
 from .acceptance import TargetedConfig, accepts, r_stars
 from .base import Outcome, register
 
@@ -135,13 +135,10 @@ def cards(prompts, prompt_ids, keys, policy, reward, config: CardsConfig, meter)
             continue
         lengths = batch.response_lengths().tolist()
         decide = [r for r in range(batch.size) if owner[r] in ready]
-        texts = {r: policy.decode(batch.response_ids(r)) for r in decide}
-        scores: dict[int, float] = {}
-        for is_partial in (False, True):
-            rows = [r for r in decide if finished[r] != is_partial]
-            got = metered_score(reward, meter, [prompts[owner[r]] for r in rows], [texts[r] for r in rows],
-                                [owner[r] for r in rows], partial=is_partial)
-            scores.update(zip(rows, got))
+        texts = [policy.decode(batch.response_ids(r)) for r in decide]
+        scores = dict(zip(decide, metered_score_mixed(reward, meter, [prompts[owner[r]] for r in decide], texts,
+                                                      [owner[r] for r in decide],
+                                                      partial=[not finished[r] for r in decide])))
 
         rewinds: list[int] = []
         for p in ready:

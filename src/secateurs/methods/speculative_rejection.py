@@ -30,7 +30,7 @@ import torch
 
 from ..engine import RolloutBatch
 from ..errors import SecateursError
-from ..rewards import metered_score
+from ..rewards import metered_score_mixed
 from .base import DecodingConfig, Outcome, register
 
 # Each decode segment is at least this long (the paper sizes B0 so a short run of >= 8 tokens
@@ -168,14 +168,8 @@ def speculative_rejection(prompts, prompt_ids, keys, policy, reward, config: Spe
         rows = [r for r in range(batch.size) if finished[r] or labels[r][0] in deciding]
         texts = [policy.decode(batch.response_ids(r)) for r in rows]
         groups = [labels[r][0] for r in rows]
-        partial = [not finished[r] for r in rows]
-        scores = [0.0] * len(rows)
-        for is_partial in (False, True):
-            picked = [i for i, flag in enumerate(partial) if flag == is_partial]
-            got = metered_score(reward, meter, [prompts[groups[i]] for i in picked], [texts[i] for i in picked],
-                                [groups[i] for i in picked], partial=is_partial)
-            for i, s in zip(picked, got):
-                scores[i] = s
+        scores = metered_score_mixed(reward, meter, [prompts[g] for g in groups], texts, groups,
+                                     partial=[not finished[r] for r in rows])
         live_scored: dict[int, list[tuple[int, float]]] = {p: [] for p in deciding}
         for i, r in enumerate(rows):
             p, j = labels[r]

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import SecateursError
-from .base import CallableReward, Reward, WeightedSum, metered_score
+from .base import CallableReward, Reward, WeightedSum, metered_score, metered_score_mixed
 from .hf import HFReward
 from .offline import CivilityReward, RelevanceReward, SentimentReward
 
@@ -31,7 +31,7 @@ OFFLINE_REWARDS: dict[str, Callable[[], Reward]] = {
 }
 
 __all__ = ["Reward", "CallableReward", "WeightedSum", "HFReward", "RelevanceReward", "CivilityReward",
-           "SentimentReward", "load_reward", "metered_score", "DEFAULT_REWARD"]
+           "SentimentReward", "load_reward", "metered_score", "metered_score_mixed", "DEFAULT_REWARD"]
 
 
 def _load_term(spec: str, device) -> Reward:

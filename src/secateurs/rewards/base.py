@@ -101,3 +101,17 @@ def metered_score(reward: Reward, meter: Meter | None, prompts: Sequence[Prompt]
     if meter is not None:
         meter.rm_call(groups, tokens, time.perf_counter() - start)
     return scores
+
+
+def metered_score_mixed(reward: Reward, meter: Meter | None, prompts: Sequence[Prompt], responses: Sequence[str],
+                        groups: Sequence[int], partial: Sequence[bool]) -> list[float]:
+    """Score a batch in which some responses are finished and some partial: one RM call for each kind,
+    so the RM is told which is which; scores come back in the input order."""
+    scores = [0.0] * len(responses)
+    for kind in (False, True):
+        picked = [i for i, flag in enumerate(partial) if flag == kind]
+        got = metered_score(reward, meter, [prompts[i] for i in picked], [responses[i] for i in picked],
+                            [groups[i] for i in picked], partial=kind)
+        for i, s in zip(picked, got):
+            scores[i] = s
+    return scores
