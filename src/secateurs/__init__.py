@@ -3,7 +3,6 @@
 __version__ = "0.1.0"  # first: the modules below read it
 
 from .api import align
-from .engine import RolloutBatch
 from .errors import RewardError, SecateursError
 from .meter import Cost
 from .models import load_policy
@@ -13,5 +12,4 @@ from .results import AlignResult
 from .rewards import Reward, load_reward
 from .sampling import SamplingParams
 
-__all__ = ["align", "AlignResult", "Cost", "Policy", "Prompt", "Reward", "RewardError", "RolloutBatch",
-           "SamplingParams", "SecateursError", "builtin_prompts", "load_policy", "load_prompts", "load_reward"]
+__all__ = ["align", "AlignResult", "Cost", "Policy", "Prompt", "Reward", "RewardError", "SamplingParams", "SecateursError", "builtin_prompts", "load_policy", "load_prompts", "load_reward"]

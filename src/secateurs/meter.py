@@ -1,16 +1,18 @@
 """Cost accounting: every LM forward, token and RM call is counted, and time is split by phase.
 
-Counts are per prompt and exact, and do not depend on how prompts were batched:
-- lm_forward_calls: batched forward passes that processed at least one token of this prompt
+Counts are per request (one prompt answered by one method) and exact, and do not depend on how
+requests were batched:
+- lm_forward_calls: batched forward passes that processed at least one token of this request
   (what a one-prompt-at-a-time run of the same method would make);
 - lm_tokens_prefilled: prompt tokens run through the LM (a prompt shared by N samples counts once);
 - lm_tokens_decoded: response tokens run through the LM, including tokens recomputed after a rewind;
 - tokens_generated: tokens sampled (kept or later rejected);
 - rm_calls: (prompt, response) pairs scored; rm_tokens: tokens the RM read for them.
-Seconds: each batched LM forward / RM call is timed and its time split between the prompts in it
-in proportion to their tokens; the rest of the batch's wall time ("other": sampling, bookkeeping)
-is split evenly. Peak memory is the device's peak during the batch (CUDA), or the process's peak
-resident memory (CPU, where the OS gives no per-batch figure).
+Seconds: each decode step (forward to sampled tokens on the host) and each RM call is timed once
+and split between the requests in it in proportion to their tokens; the rest of the scheduler's
+wall time ("other": admission, bookkeeping) is split evenly between the requests in flight.
+Peak memory is the device's peak (CUDA), or the process's peak resident memory (CPU, where the OS
+gives no finer figure).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from __future__ import annotations
 import resource
 import time
 from dataclasses import asdict, dataclass, fields
-from typing import Sequence
+from typing import Hashable, Iterable, Mapping, Sequence
 
 import torch
 
@@ -61,59 +63,63 @@ class Cost:
         return cls(**{f.name: d[f.name] for f in fields(cls) if f.name in d})
 
 
-def _peak_memory_bytes(device: torch.device) -> int:
+def peak_memory_bytes(device: torch.device) -> int:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # Linux reports KiB
 
 
 class Meter:
-    """Collects the cost of one batch of prompts (groups 0..n_groups-1)."""
+    """Costs of the requests in flight, keyed by any hashable (the scheduler uses its requests)."""
 
-    def __init__(self, n_groups: int, device: torch.device | str = "cpu"):
-        self.costs = [Cost() for _ in range(n_groups)]
+    def __init__(self, device: torch.device | str = "cpu"):
+        self.costs: dict[Hashable, Cost] = {}
         self.device = torch.device(device)
-        self._start = time.perf_counter()
+        self._measured = 0.0  # LM + RM seconds recorded since the last mark()
+        self._mark = time.perf_counter()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
 
-    def _share(self, per_group: Sequence[int], seconds: float):
-        total = sum(per_group)
-        for g, n in enumerate(per_group):
-            if n:
-                yield self.costs[g], n, seconds * n / total
+    def open(self, key: Hashable) -> None:
+        self.costs[key] = Cost()
 
-    def lm_forward(self, tokens_per_group: Sequence[int], seconds: float, prefill: bool) -> None:
-        for cost, n, share in self._share(tokens_per_group, seconds):
+    def close(self, key: Hashable) -> Cost:
+        cost = self.costs.pop(key)
+        cost.peak_memory_bytes = max(cost.peak_memory_bytes, peak_memory_bytes(self.device))
+        return cost
+
+    def lm_forward(self, tokens: Mapping[Hashable, int], seconds: float, prefill: bool) -> None:
+        total = sum(tokens.values())
+        for key, n in tokens.items():
+            cost = self.costs[key]
             cost.lm_forward_calls += 1
             if prefill:
                 cost.lm_tokens_prefilled += n
             else:
                 cost.lm_tokens_decoded += n
-            cost.lm_seconds += share
+            cost.lm_seconds += seconds * n / total
+        self._measured += seconds
 
-    def generated(self, tokens_per_group: Sequence[int]) -> None:
-        for g, n in enumerate(tokens_per_group):
-            self.costs[g].tokens_generated += n
+    def generated(self, tokens: Mapping[Hashable, int]) -> None:
+        for key, n in tokens.items():
+            self.costs[key].tokens_generated += n
 
-    def rm_call(self, groups: Sequence[int], tokens: Sequence[int], seconds: float) -> None:
-        per_group = [0] * len(self.costs)
-        for g, n in zip(groups, tokens):
-            per_group[g] += max(n, 1)
-            self.costs[g].rm_calls += 1
-            self.costs[g].rm_tokens += n
-        for cost, _, share in self._share(per_group, seconds):
-            cost.rm_seconds += share
+    def rm_call(self, keys: Sequence[Hashable], tokens: Sequence[int], seconds: float) -> None:
+        weight: dict[Hashable, int] = {}
+        for key, n in zip(keys, tokens):
+            weight[key] = weight.get(key, 0) + max(n, 1)
+            self.costs[key].rm_calls += 1
+            self.costs[key].rm_tokens += n
+        total = sum(weight.values())
+        for key, w in weight.items():
+            self.costs[key].rm_seconds += seconds * w / total
+        self._measured += seconds
 
-    def finish(self) -> list[Cost]:
-        """Close the batch: attribute the remaining wall time and the peak memory."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        wall = time.perf_counter() - self._start
-        measured = sum(c.lm_seconds + c.rm_seconds for c in self.costs)
-        other = max(0.0, wall - measured) / max(1, len(self.costs))
-        peak = _peak_memory_bytes(self.device)
-        for c in self.costs:
-            c.other_seconds += other
-            c.peak_memory_bytes = max(c.peak_memory_bytes, peak)
-        return self.costs
+    def mark(self, in_flight: Iterable[Hashable]) -> None:
+        """Split the wall time since the last mark that no LM or RM timing covered between `in_flight`."""
+        now = time.perf_counter()
+        keys = [k for k in in_flight if k in self.costs]
+        other = max(0.0, now - self._mark - self._measured)
+        for key in keys:
+            self.costs[key].other_seconds += other / len(keys)
+        self._mark, self._measured = now, 0.0

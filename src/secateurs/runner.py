@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from . import __version__
-from .meter import Meter
+from .backends.transformers import TransformersBackend
 from .methods import get_method
 from .methods.base import DecodingConfig
 from .policy import Policy
@@ -18,6 +18,7 @@ from .prompts import Prompt
 from .results import AlignResult, ResultWriter, read_results
 from .rewards import Reward
 from .sampling import prompt_key
+from .scheduler import Request, Scheduler, SchedulerStats
 
 
 def run_fingerprint(method: str, config: DecodingConfig, policy: Policy, reward: Reward, seed: int) -> str:
@@ -31,13 +32,15 @@ def run_fingerprint(method: str, config: DecodingConfig, policy: Policy, reward:
 def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, policy: Policy, reward: Reward,
                 seed: int = 0, out: str | Path | None = None, progress: bool = False,
                 on_results: Callable[[list[AlignResult]], Any] | None = None,
-                label: str | None = None) -> list[AlignResult]:
+                label: str | None = None, stats: SchedulerStats | None = None) -> list[AlignResult]:
     """Run `method` on every prompt and return one result per prompt, in the prompts' order.
 
-    With `out`, results are appended to that JSONL file as each batch finishes, and prompts whose
+    All prompts go through one scheduler (rows freed by one prompt go to the next at once). With
+    `out`, each result is appended to that JSONL file as its prompt finishes, and prompts whose
     results are already there (from an earlier, possibly killed, run) are not run again.
+    `stats`, if given, receives the scheduler's row-occupancy counts.
     """
-    spec = get_method(method)
+    get_method(method)
     # Check every prompt before any generation, so a bad one fails the run at once.
     encoded = {}
     for p in prompts:
@@ -47,32 +50,28 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     fingerprint = run_fingerprint(method, config, policy, reward, seed)
     done = read_results(Path(out), fingerprint, encoded) if out is not None else {}
     todo = [p for p in prompts if p.id not in done]
-    per_batch = config.prompts_per_call()
     writer = ResultWriter(Path(out)) if out is not None else None
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=label or method, unit="prompt",
                disable=not progress, dynamic_ncols=True)
+    scheduler = Scheduler(TransformersBackend(policy), reward, config.max_batch_rows)
+    requests = [Request(p, encoded[p.id], method, config, seed, prompt_key(seed, p.id)) for p in todo]
     try:
-        for start in range(0, len(todo), per_batch):
-            batch = todo[start:start + per_batch]
-            meter = Meter(len(batch), policy.device)
-            outcomes = spec.run(batch, [encoded[p.id] for p in batch], [prompt_key(seed, p.id) for p in batch],
-                                policy, reward, config, meter)
-            costs = meter.finish()
-            results = [
-                AlignResult(id=p.id, prompt=p.to_json(), response=o.response, reward=o.reward, method=method,
-                            config=config.to_dict(), seed=seed, policy=policy.name, reward_model=reward.name,
-                            finish_reason=o.finish_reason, response_tokens=len(o.response_ids), cost=cost,
-                            details=o.details, run_fingerprint=fingerprint)
-                for p, o, cost in zip(batch, outcomes, costs)
-            ]
+        for request in scheduler.run(requests):
+            p, o = request.prompt, request.outcome
+            result = AlignResult(id=p.id, prompt=p.to_json(), response=o.response, reward=o.reward, method=method,
+                                 config=config.to_dict(), seed=seed, policy=policy.name, reward_model=reward.name,
+                                 finish_reason=o.finish_reason, response_tokens=len(o.response_ids),
+                                 cost=request.cost, details=o.details, run_fingerprint=fingerprint)
             if writer is not None:
-                writer.write(results)
-            done.update((r.id, r) for r in results)
+                writer.write([result])
+            done[p.id] = result
             if on_results is not None:
-                on_results(results)
-            bar.update(len(batch))
+                on_results([result])
+            bar.update(1)
     finally:
         bar.close()
         if writer is not None:
             writer.close()
+    if stats is not None:
+        stats.__dict__.update(scheduler.stats.__dict__)
     return [done[p.id] for p in prompts]

@@ -11,17 +11,17 @@ from dataclasses import dataclass
 
 import torch
 
-from ..engine import RolloutBatch, StepView
+from ..backends.base import BATCH_INVARIANT, CHOOSER, KV_PRUNE, StepView
 from ..errors import SecateursError
-from ..rewards import metered_score
-from .base import DecodingConfig, Outcome, register
+from .base import DecodingConfig, MethodPolicy, option, register
 
 
 @dataclass
 class ArgsConfig(DecodingConfig):
-    top_k: int = 40  # candidate tokens scored by the RM at each step
-    weight: float = 1.5  # w: how much the reward counts against the logit
-    max_batch_rows: int = 16  # prompts per batch; each step scores rows x top_k responses
+    top_k: int = option(40, "sample from the k most likely tokens (0: off); ARGS: candidate tokens the RM "
+                            "scores at each step")
+    weight: float = option(1.5, "ARGS: w, how much the reward counts against the logit")
+    max_batch_rows: int = option(16, "sequences decoded together; ARGS scores rows x top_k responses per step")
 
     def validate(self) -> None:
         super().validate()
@@ -31,33 +31,32 @@ class ArgsConfig(DecodingConfig):
             raise SecateursError(f"weight must be a number, got {self.weight!r}")
 
 
-def reward_guided_chooser(batch: RolloutBatch, prompts, reward, config: ArgsConfig, meter):
-    policy = batch.policy
+@dataclass(frozen=True)
+class RewardGuidedChooser:
+    """Picks argmax(logit + weight * reward) over the top_k tokens; equal choosers share one RM call a step."""
 
-    def choose(view: StepView) -> torch.Tensor:
-        k = min(config.top_k, view.logits.shape[-1])
+    top_k: int
+    weight: float
+
+    def __call__(self, view: StepView) -> torch.Tensor:
+        k = min(self.top_k, view.logits.shape[-1])
         logits, candidates = view.logits.topk(k, dim=-1)
-        rows = view.rows.tolist()
-        texts, pairs, groups = [], [], []
-        for i, r in enumerate(rows):
-            prefix = batch.response_ids(r)
-            for c in candidates[i].tolist():
-                texts.append(policy.decode(prefix + [c]))
-                pairs.append(prompts[batch.groups[r]])
-                groups.append(batch.groups[r])
-        scores = metered_score(reward, meter, pairs, texts, groups, partial=True)
-        rewards = torch.tensor(scores, dtype=logits.dtype, device=logits.device).view(len(rows), k)
-        best = (logits + config.weight * rewards).argmax(-1, keepdim=True)
+        texts, owners = [], []
+        for seq, row in zip(view.seqs, candidates.tolist()):
+            for c in row:
+                texts.append(view.decode(seq.tokens + [c]))
+                owners.append(seq)
+        rewards = torch.tensor(view.score(owners, texts), dtype=logits.dtype, device=logits.device)
+        best = (logits + self.weight * rewards.view(len(view.seqs), k)).argmax(-1, keepdim=True)
         return candidates.gather(-1, best).squeeze(-1)
-
-    return choose
 
 
 @register("args", ArgsConfig, "token-level reward-guided search: argmax of logit + w * reward over the top-k tokens")
-def args(prompts, prompt_ids, keys, policy, reward, config: ArgsConfig, meter) -> list[Outcome]:
-    batch = RolloutBatch.prefill(policy, prompt_ids, keys, config.sampling(), config.max_new_tokens, meter=meter)
-    batch.extend(config.max_new_tokens, chooser=reward_guided_chooser(batch, prompts, reward, config, meter))
-    texts = batch.responses()
-    final = metered_score(reward, meter, prompts, texts, list(range(len(prompts))))
-    return [Outcome(texts[r], batch.response_ids(r), final[r], batch.finish_reasons[r], details={"weight": config.weight})
-            for r in range(batch.size)]
+class Args(MethodPolicy):
+    needs = frozenset({BATCH_INVARIANT, KV_PRUNE, CHOOSER})
+
+    def start(self) -> None:
+        self.ctx.sample([0], chooser=RewardGuidedChooser(self.config.top_k, self.config.weight))
+
+    def on_idle(self, stopped) -> None:
+        self.ctx.finish(self.outcome(stopped[0], weight=self.config.weight))

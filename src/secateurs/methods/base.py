@@ -1,27 +1,37 @@
-"""What every method shares: decoding settings, the per-prompt outcome, and the method registry."""
+"""What every method shares: decoding settings, the per-prompt policy and outcome, the registry.
+
+A method is one file: a config dataclass (each field's default from the paper and its help text,
+from which the CLI flags, `align()` keywords and bench grids are generated: see secateurs.config)
+and a `MethodPolicy` subclass that the scheduler calls for one prompt: `start()` once, then
+`on_idle(stopped)` whenever none of the prompt's sequences is decoding, with the sequences that
+stopped since (each scored by the RM: `seq.reward`, as a partial response if unfinished).
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Callable, Sequence
+from typing import Any
 
+from ..backends.base import BATCH_INVARIANT, KV_PRUNE
 from ..errors import SecateursError
-from ..meter import Meter
-from ..policy import Policy
-from ..prompts import Prompt
-from ..rewards import Reward
 from ..sampling import SamplingParams
+from ..sequence import Sequence
+
+
+def option(default: Any, help: str) -> Any:
+    """A config field with its help text (shown by `secateurs run --help`)."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class DecodingConfig:
     """Settings every method has. Defaults follow ../docs/algorithms.md."""
 
-    max_new_tokens: int = 128  # n: the response length limit (CARDS' default)
-    temperature: float = 1.0  # Best-of-N / Speculative Rejection sampling temperature
-    top_k: int = 50  # 0 disables top-k
-    top_p: float = 1.0
-    max_batch_rows: int = 64  # rows decoded together: larger is faster on a GPU and needs more memory
+    max_new_tokens: int = option(128, "response length limit (CARDS' default)")
+    temperature: float = option(1.0, "sampling temperature (0: greedy)")
+    top_k: int = option(50, "sample from the k most likely tokens (0: off)")
+    top_p: float = option(1.0, "nucleus sampling: smallest token set with this much probability")
+    max_batch_rows: int = option(64, "sequences decoded together: larger is faster on a GPU and needs more memory")
 
     def __post_init__(self):
         self.validate()
@@ -37,12 +47,8 @@ class DecodingConfig:
         return SamplingParams(self.temperature, self.top_k, self.top_p)
 
     def rows_per_prompt(self) -> int:
-        """Batch rows one prompt occupies."""
+        """Rows one prompt occupies when it starts (the scheduler's admission estimate)."""
         return 1
-
-    def prompts_per_call(self) -> int:
-        """How many prompts the runner hands the method at once (and writes out together)."""
-        return max(1, self.max_batch_rows // self.rows_per_prompt())
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -68,38 +74,60 @@ class Outcome:
     details: dict[str, Any] = field(default_factory=dict)
 
 
-# A method runs one batch of prompts: (prompts, their token ids, their random keys, policy, reward,
-# config, meter) -> one Outcome per prompt.
-MethodFn = Callable[[Sequence[Prompt], Sequence[Sequence[int]], Sequence[int], Policy, Reward, Any, Meter],
-                    list[Outcome]]
+class MethodPolicy:
+    """One prompt's run of a method. `self.ctx` (scheduler.Context) starts, extends, rewinds and
+    releases the prompt's sequences and finishes with an Outcome."""
+
+    needs: frozenset[str] = frozenset({BATCH_INVARIANT, KV_PRUNE})  # backend capabilities it relies on
+
+    def __init__(self, config, ctx):
+        self.config = config
+        self.ctx = ctx
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def on_idle(self, stopped: list[Sequence]) -> None:
+        raise NotImplementedError
+
+    def outcome(self, seq: Sequence, **details) -> Outcome:
+        """The answer `seq`, with its last reward."""
+        return Outcome(self.ctx.text(seq), list(seq.tokens), seq.reward, seq.finish_reason, details=details)
 
 
 @dataclass(frozen=True)
 class Method:
     name: str
     config_class: type
-    run: MethodFn
+    policy_class: type
     summary: str
+
+    @property
+    def needs(self) -> frozenset[str]:
+        return self.policy_class.needs
 
 
 REGISTRY: dict[str, Method] = {}
 
 
-def register(name: str, config_class: type, summary: str) -> Callable[[MethodFn], MethodFn]:
-    def wrap(fn: MethodFn) -> MethodFn:
-        REGISTRY[name] = Method(name, config_class, fn, summary)
-        return fn
+def register(name: str, config_class: type, summary: str):
+    def wrap(policy_class: type) -> type:
+        REGISTRY[name] = Method(name, config_class, policy_class, summary)
+        return policy_class
     return wrap
 
 
 def get_method(name: str) -> Method:
-    from . import args, best_of_n, cards, rejection_sampling, sampling, speculative_rejection  # noqa: F401
+    from . import _load_all
 
+    _load_all()
     if name not in REGISTRY:
         raise SecateursError(f"unknown method {name!r}; choose one of {sorted(REGISTRY)}")
     return REGISTRY[name]
 
 
 def method_names() -> list[str]:
-    get_method("sampling")
+    from . import _load_all
+
+    _load_all()
     return sorted(REGISTRY)

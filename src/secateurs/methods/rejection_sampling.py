@@ -13,14 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import SecateursError
-from .acceptance import TargetedConfig, accepts, r_stars
-from .base import Outcome, register
-from .best_of_n import PromptSampler
+from .acceptance import TargetedConfig, TargetedPolicy, accepts
+from .base import option, register
 
 
 @dataclass
 class RejectionSamplingConfig(TargetedConfig):
-    proposals: int = 4  # responses drawn per prompt per round (checked in order)
+    proposals: int = option(4, "CARDS / rejection sampling: candidates proposed per prompt at once, checked "
+                               "in order (CARDS' default: 1)")
 
     def validate(self) -> None:
         super().validate()
@@ -33,37 +33,30 @@ class RejectionSamplingConfig(TargetedConfig):
 
 @register("rejection-sampling", RejectionSamplingConfig,
           "sample whole responses until one is accepted against r_star (item-level baseline)")
-def rejection_sampling(prompts, prompt_ids, keys, policy, reward, config: RejectionSamplingConfig,
-                       meter) -> list[Outcome]:
-    targets = r_stars(prompts, prompt_ids, keys, policy, reward, config, meter)
-    outcomes: list[Outcome | None] = [None] * len(prompts)
-    seen: list[list[tuple]] = [[] for _ in prompts]  # (reward, index, text, ids, reason)
-    sampler = PromptSampler(prompts, prompt_ids, keys, policy, reward, config, meter)  # prompts prefilled once
-    open_prompts = list(range(len(prompts)))
-    offset = 0
-    while open_prompts:
-        count = min(config.proposals, config.max_retries - offset)
-        drawn = sampler.draw(open_prompts, offset, count)
-        still_open = []
-        for p, candidates in zip(open_prompts, drawn):
-            r_star = targets[p][0]
-            for k, (text, ids, score, reason) in enumerate(candidates, start=offset):
-                if accepts(score, r_star, config, keys[p], k + 1):
-                    outcomes[p] = _outcome(text, ids, score, reason, k, k, r_star, targets[p][1])
-                    break
-                seen[p].append((score, k, text, ids, reason))
-                if len(seen[p]) >= config.max_retries:
-                    score, k_best, text, ids, reason = max(seen[p], key=lambda s: (s[0], -s[1]))
-                    outcomes[p] = _outcome(text, ids, score, reason, k_best, len(seen[p]), r_star, targets[p][1])
-                    break
-            if outcomes[p] is None:
-                still_open.append(p)
-        open_prompts, offset = still_open, offset + count
-    return outcomes
+class RejectionSampling(TargetedPolicy):
+    def begin(self) -> None:
+        self.seen = []  # rejected candidates
+        self.offset = 0
+        self._draw()
 
+    def _draw(self) -> None:
+        """The next `proposals` candidates (sample indices go on counting, so each is fresh)."""
+        count = min(self.config.proposals, self.config.max_retries - self.offset)
+        self.batch = self.ctx.sample(range(self.offset, self.offset + count))
+        self.offset += count
 
-def _outcome(text, ids, score, reason, index, rejections, r_star, calibration) -> Outcome:
-    return Outcome(text, ids, score, reason, details={
-        "accepted_index": index, "rejections": rejections, "r_star": r_star,
-        "r_star_calibration_rewards": calibration,
-    })
+    def on_result(self, stopped) -> None:
+        for s in self.batch:  # checked in order: the first accepted wins
+            if accepts(s.reward, self.r_star, self.config, self.ctx.key, s.sample + 1):
+                self.ctx.finish(self._outcome(s, rejections=s.sample))
+                return
+            self.seen.append(s)
+            if len(self.seen) >= self.config.max_retries:
+                best = max(self.seen, key=lambda c: (c.reward, -c.sample))
+                self.ctx.finish(self._outcome(best, rejections=len(self.seen)))
+                return
+        self._draw()
+
+    def _outcome(self, seq, rejections: int):
+        return self.outcome(seq, accepted_index=seq.sample, rejections=rejections, r_star=self.r_star,
+                            r_star_calibration_rewards=self.calibration_rewards)

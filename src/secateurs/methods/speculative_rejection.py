@@ -13,8 +13,9 @@ and on its own schedule; a prompt that finishes frees its rows for the next prom
 
 The budget. Each prompt gets `kv_budget_tokens` cache tokens (its live rows x their lengths,
 prompt included, as each candidate holds its own copy). If not given, it is derived from
-`memory_gib` (bytes / KV bytes per token, shared by the prompts in flight); on a GPU, from 90% of
-its free memory, as in the paper; on a CPU, whose RAM would let the decision point never come,
+`memory_gib` (bytes / KV bytes per token, shared by the prompts in flight); else from the
+backend's KV capacity (on a GPU, 90% of its free memory, as in the paper); on a CPU, whose RAM
+would let the decision point never come,
 it is n x (prompt length + first_decision_tokens): the budget the paper's B0 rule (the largest
 batch that fits a short run) would give, so the method behaves as on a memory-bound GPU.
 `decision_tokens` replaces the budget by an explicit schedule.
@@ -23,15 +24,10 @@ batch that fits a short run) would give, so the method behaves as on a memory-bo
 from __future__ import annotations
 
 import math
-from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import torch
-
-from ..engine import RolloutBatch
 from ..errors import SecateursError
-from ..rewards import metered_score_mixed
-from .base import DecodingConfig, Outcome, register
+from .base import DecodingConfig, MethodPolicy, option, register
 
 # Each decode segment is at least this long (the paper sizes B0 so a short run of >= 8 tokens
 # fits); it also bounds the scoring cost when rounding keeps every candidate.
@@ -40,13 +36,16 @@ MIN_SEGMENT_TOKENS = 8
 
 @dataclass
 class SpeculativeRejectionConfig(DecodingConfig):
-    n: int = 64  # B0: initial candidates per prompt
-    alpha: float = 0.5  # rejection rate at each decision point, in [0, 1) (paper sweeps 0.1..0.9; 0.5 headline)
-    kv_budget_tokens: int | None = None  # KV-cache tokens per prompt; None: derived (module doc)
-    memory_gib: float | None = None  # KV memory for all prompts in flight, instead of kv_budget_tokens
-    decision_tokens: tuple[int, ...] | None = None  # explicit response lengths to reject at, instead of a budget
-    first_decision_tokens: int = 16  # default budget: n candidates fill it this many tokens in
-    prompts_in_flight: int | None = None  # prompts decoded together; None: max(1, max_batch_rows // n)
+    n: int = option(64, "samples per prompt (Best-of-N); initial candidates B0 (Speculative Rejection)")
+    alpha: float = option(0.5, "Speculative Rejection: fraction rejected at each decision point, in [0, 1)")
+    kv_budget_tokens: int | None = option(None, "Speculative Rejection: KV-cache tokens per prompt (live rows x "
+                                                "their lengths); default: derived from memory")
+    memory_gib: float | None = option(None, "Speculative Rejection: KV memory (GiB) for the prompts in flight, "
+                                            "instead of kv_budget_tokens")
+    decision_tokens: tuple[int, ...] | None = option(None, "Speculative Rejection: explicit response lengths to "
+                                                           "reject at (e.g. 16,32,64), instead of a budget")
+    first_decision_tokens: int = option(16, "Speculative Rejection: on a CPU, the default budget is full this "
+                                            "many tokens in")
 
     def validate(self) -> None:
         super().validate()
@@ -58,74 +57,23 @@ class SpeculativeRejectionConfig(DecodingConfig):
             raise SecateursError(f"alpha must be in [0, 1), got {self.alpha}")
         if self.kv_budget_tokens is not None and self.kv_budget_tokens < 1:
             raise SecateursError(f"kv_budget_tokens must be >= 1, got {self.kv_budget_tokens}")
-        if self.memory_gib is not None and not self.memory_gib > 0:
-            raise SecateursError(f"memory_gib must be > 0, got {self.memory_gib}")
-        if self.prompts_in_flight is not None and self.prompts_in_flight < 1:
-            raise SecateursError(f"prompts_in_flight must be >= 1, got {self.prompts_in_flight}")
+        if self.memory_gib is not None and not (self.memory_gib > 0 and math.isfinite(self.memory_gib)):
+            raise SecateursError(f"memory_gib must be a finite number > 0, got {self.memory_gib}")
         if self.decision_tokens is not None:
             points = tuple(self.decision_tokens)
             if not points or any(not isinstance(t, int) or t < 1 for t in points) or list(points) != sorted(set(points)):
                 raise SecateursError(f"decision_tokens must be increasing integers >= 1, got {self.decision_tokens!r}")
             self.decision_tokens = points
+        if self.n > self.max_batch_rows:
+            raise SecateursError(f"n={self.n} candidates decode together (each decision ranks all of them), but "
+                                 f"max_batch_rows is {self.max_batch_rows}: lower --n or raise --max-batch-rows")
 
     def rows_per_prompt(self) -> int:
         return self.n
 
     def in_flight(self) -> int:
-        return self.prompts_in_flight or max(1, self.max_batch_rows // self.n)
-
-    def prompts_per_call(self) -> int:
-        # Several times the prompts in flight, so a finished prompt's rows can go to the next one.
-        return 4 * self.in_flight()
-
-
-@dataclass
-class _Candidate:
-    index: int  # j: sample index (same key as Best-of-N's sample j)
-    score: float
-    text: str
-    ids: list[int]
-    reason: str | None
-
-
-@dataclass
-class _PromptState:
-    prompt_len: int
-    budget: int | None
-    length: int = 0  # response length of its live rows (they decode in lockstep)
-    live: int = 0
-    next_decision: int = 0
-    finished: list[_Candidate] = field(default_factory=list)  # finished, not rejected
-    decision_points: list[int] = field(default_factory=list)
-    survivors: list[int] = field(default_factory=list)
-
-
-def _budget(config: SpeculativeRejectionConfig, policy, prompt_len: int) -> int | None:
-    if config.decision_tokens is not None:
-        return None
-    if config.kv_budget_tokens is not None:
-        budget = config.kv_budget_tokens
-    elif config.memory_gib is not None:
-        budget = int(config.memory_gib * 2**30 / policy.kv_bytes_per_token() / config.in_flight())
-    elif policy.device.type == "cuda":  # as the paper: the decision point is where GPU memory is full
-        free, _ = torch.cuda.mem_get_info(policy.device)
-        budget = int(0.9 * free / policy.kv_bytes_per_token() / config.in_flight())
-    else:
-        budget = config.n * (prompt_len + config.first_decision_tokens)
-    if budget < config.n * (prompt_len + 1):
-        raise SecateursError(
-            f"KV budget of {budget} tokens per prompt is too small for one decode step of n={config.n} "
-            f"candidates of a {prompt_len}-token prompt (needs >= {config.n * (prompt_len + 1)})"
-        )
-    return budget
-
-
-def _next_decision(state: _PromptState, config: SpeculativeRejectionConfig) -> int:
-    if config.decision_tokens is not None:
-        later = [t for t in config.decision_tokens if t > state.length]
-        return min(later[0] if later else config.max_new_tokens, config.max_new_tokens)
-    full_at = state.budget // state.live - state.prompt_len  # response length at which the budget is full
-    return min(max(full_at, state.length + MIN_SEGMENT_TOKENS), config.max_new_tokens)
+        """Prompts decoding at once, which share a memory budget."""
+        return max(1, self.max_batch_rows // self.n)
 
 
 def keep_count(pool: int, alpha: float) -> int:
@@ -135,89 +83,70 @@ def keep_count(pool: int, alpha: float) -> int:
 
 @register("speculative-rejection", SpeculativeRejectionConfig,
           "Best-of-N quality, cheaper: score partial responses and drop the weak ones early (Sun et al. 2024)")
-def speculative_rejection(prompts, prompt_ids, keys, policy, reward, config: SpeculativeRejectionConfig,
-                          meter) -> list[Outcome]:
-    states = {p: _PromptState(len(ids), _budget(config, policy, len(ids))) for p, ids in enumerate(prompt_ids)}
-    queue = deque(range(len(prompts)))
-    outcomes: list[Outcome | None] = [None] * len(prompts)
-    batch = RolloutBatch(policy, config.sampling(), config.max_new_tokens, meter)
-    labels: list[tuple[int, int]] = []  # (prompt, sample index) of each batch row
-    active: set[int] = set()
-    while queue or active:
-        while queue and len(active) < config.in_flight():  # fill free slots with the next prompts
-            p = queue.popleft()
-            newcomer = RolloutBatch.prefill(policy, [prompt_ids[p]], [keys[p]], config.sampling(),
-                                            config.max_new_tokens, groups=[p], meter=meter)
-            newcomer.fork(config.n)  # child j gets Best-of-N's key for sample j
-            batch.append(newcomer)
-            labels += [(p, j) for j in range(config.n)]
-            state = states[p]
-            state.live = config.n
-            state.next_decision = _next_decision(state, config)
-            active.add(p)
+class SpeculativeRejection(MethodPolicy):
+    def start(self) -> None:
+        self.budget = self._budget()
+        self.length = 0  # response length of the live candidates (they decode in lockstep)
+        self.finished = []  # finished candidates not rejected (they compete at every decision)
+        self.decision_points: list[int] = []
+        self.survivors: list[int] = []
+        # Step 1: B0 candidates; candidate j is Best-of-N's sample j.
+        self.live = self.ctx.sample(range(self.config.n), until=self._next_decision(self.config.n), gang=True)
 
-        step = min(states[p].next_decision - states[p].length for p in active)
-        batch.extend(step)
-        for p in active:
-            states[p].length += step
+    def _budget(self) -> int | None:
+        config, prompt_len = self.config, self.ctx.prompt_len
+        if config.decision_tokens is not None:
+            return None
+        capacity = self.ctx.kv_capacity_tokens()
+        if config.kv_budget_tokens is not None:
+            budget = config.kv_budget_tokens
+        elif config.memory_gib is not None:
+            budget = int(config.memory_gib * 2**30 / self.ctx.kv_bytes_per_token() / config.in_flight())
+        elif capacity is not None:  # as the paper: the decision point is where device memory is full
+            budget = capacity // config.in_flight()
+        else:
+            budget = config.n * (prompt_len + config.first_decision_tokens)
+        if budget < config.n * (prompt_len + 1):
+            raise SecateursError(
+                f"KV budget of {budget} tokens per prompt is too small for one decode step of n={config.n} "
+                f"candidates of a {prompt_len}-token prompt (needs >= {config.n * (prompt_len + 1)})"
+            )
+        return budget
 
-        # Rows to score: every row that just finished (as complete) and every live row of a prompt
-        # at its decision point (as partial).
-        finished = batch.finished.tolist()
-        deciding = {p for p in active if states[p].length >= states[p].next_decision}
-        rows = [r for r in range(batch.size) if finished[r] or labels[r][0] in deciding]
-        texts = [policy.decode(batch.response_ids(r)) for r in rows]
-        groups = [labels[r][0] for r in rows]
-        scores = metered_score_mixed(reward, meter, [prompts[g] for g in groups], texts, groups,
-                                     partial=[not finished[r] for r in rows])
-        live_scored: dict[int, list[tuple[int, float]]] = {p: [] for p in deciding}
-        for i, r in enumerate(rows):
-            p, j = labels[r]
-            if finished[r]:
-                states[p].finished.append(_Candidate(j, scores[i], texts[i], batch.response_ids(r),
-                                                     batch.finish_reasons[r]))
-                states[p].live -= 1
-            else:
-                live_scored[p].append((r, scores[i]))
+    def _next_decision(self, live: int) -> int:
+        """Step 2: the response length at which the live candidates fill the budget."""
+        config = self.config
+        if config.decision_tokens is not None:
+            later = [t for t in config.decision_tokens if t > self.length]
+            return min(later[0] if later else config.max_new_tokens, config.max_new_tokens)
+        full_at = self.budget // live - self.ctx.prompt_len
+        return min(max(full_at, self.length + MIN_SEGMENT_TOKENS), config.max_new_tokens)
 
-        rejected_rows: set[int] = set()
-        for p in deciding:
-            state = states[p]
-            if not live_scored[p]:
-                continue
-            # pool = live candidates + finished survivors; keep the top ones by score
-            pool = [(s, "live", r) for r, s in live_scored[p]] + [(c.score, "done", c) for c in state.finished]
-            kept = sorted(pool, key=lambda e: -e[0])[:keep_count(len(pool), config.alpha)]
-            kept_live = {e[2] for e in kept if e[1] == "live"}
-            rejected_rows |= {r for r, _ in live_scored[p] if r not in kept_live}
-            state.finished = [e[2] for e in kept if e[1] == "done"]
-            state.live = len(kept_live)
-            state.decision_points.append(state.length)
-            state.survivors.append(len(kept))
+    def on_idle(self, stopped) -> None:
+        # Every candidate that stopped was scored: finished ones as complete, the others (at the
+        # decision point) as partial responses, as if complete (step 3).
+        self.finished += sorted((s for s in stopped if s.finished), key=lambda s: s.sample)
+        live = [s for s in self.live if not s.finished]
+        if live:
+            self.length = live[0].length
+            # Step 4: pool = live + finished; keep the top round((1 - alpha) * |pool|) by score.
+            pool = sorted(live + self.finished, key=lambda s: -s.reward)  # stable: ties keep pool order
+            kept = pool[:keep_count(len(pool), self.config.alpha)]
+            kept_ids = {id(s) for s in kept}
+            self.ctx.release([s for s in live if id(s) not in kept_ids])
+            self.finished = [s for s in kept if s.finished]
+            live = [s for s in live if id(s) in kept_ids]
+            self.decision_points.append(self.length)
+            self.survivors.append(len(kept))
+        self.live = live
+        if live:  # Step 5: only unfinished survivors decode on
+            self.ctx.extend(live, until=self._next_decision(len(live)))
+        else:  # Step 6: the best complete response in the final pool
+            self.ctx.finish(self._answer())
 
-        live_rows = [r for r in range(batch.size) if not finished[r] and r not in rejected_rows]
-        if len(live_rows) < batch.size:
-            batch.keep(live_rows)  # prunes the KV cache in place
-            labels = [labels[r] for r in live_rows]
-
-        for p in list(active):
-            state = states[p]
-            if state.live == 0:
-                outcomes[p] = _answer(state, config)
-                active.discard(p)
-            elif p in deciding:
-                state.next_decision = _next_decision(state, config)
-    return outcomes
-
-
-def _answer(state: _PromptState, config: SpeculativeRejectionConfig) -> Outcome:
-    best = max(state.finished, key=lambda c: (c.score, -c.index))  # ties: lowest index, as Best-of-N
-    return Outcome(best.text, best.ids, best.score, best.reason, details={
-        "candidates": config.n,
-        "kv_budget_tokens": state.budget,
-        "rounds": len(state.decision_points),
-        "decision_points": state.decision_points,
-        "survivors_per_round": state.survivors,
-        "best_index": best.index,
-        "final_pool_rewards": {c.index: c.score for c in sorted(state.finished, key=lambda c: c.index)},
-    })
+    def _answer(self):
+        best = max(self.finished, key=lambda s: (s.reward, -s.sample))  # ties: lowest index, as Best-of-N
+        return self.outcome(best, candidates=self.config.n, kv_budget_tokens=self.budget,
+                            rounds=len(self.decision_points), decision_points=self.decision_points,
+                            survivors_per_round=self.survivors, best_index=best.sample,
+                            final_pool_rewards={s.sample: s.reward for s in sorted(self.finished, key=lambda s: s.sample)})

@@ -1,0 +1,305 @@
+"""The scheduler: one loop under every method.
+
+Requests (a prompt answered by a method with a config and a seed) wait in a queue; the scheduler
+admits them while rows are free (up to max_batch_rows decoding rows in all), prefills the admitted
+prompts together once, and asks each request's method policy how to start. Then, step after step:
+
+    place queued sequences into free rows -> backend.step(running) -> sequences that stopped
+    -> a request none of whose sequences is decoding or queued is *idle*: its stopped sequences
+       are scored (one RM call for all idle requests of the step, partial responses flagged)
+       and its method decides: extend / release / rewind / copy / force / sample more / finish
+    -> finished requests release their rows and leave with their outcome and cost.
+
+Rows freed by one prompt are taken by the next prompt's sequences at once (no chunk boundaries);
+requests can be added while others decode (`add`, and `AsyncAligner.submit` on top) and cancelled,
+which frees their rows. Freed rows are refilled in groups (a refresh copies the cache once), see
+`refill_rows`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator
+
+from .errors import SecateursError
+from .meter import Cost, Meter
+from .prompts import Prompt
+from .rewards import Reward, metered_score, metered_score_mixed
+from .sampling import SamplingParams, child_key
+from .sequence import QUEUED, RELEASED, RUNNING, STOPPED, Sequence
+
+_ids = itertools.count()
+
+
+@dataclass(eq=False)
+class Request:
+    """One prompt to answer with one method."""
+
+    prompt: Prompt
+    prompt_ids: list[int]
+    method: str
+    config: Any  # the method's config dataclass
+    seed: int
+    key: int  # the prompt's random key: prompt_key(seed, prompt.id)
+    on_done: Callable[["Request"], None] | None = None
+    id: int = field(default_factory=lambda: next(_ids))
+    # filled in by the scheduler
+    policy: Any = None
+    live: list[Sequence] = field(default_factory=list)  # sequences not released
+    queue: deque = field(default_factory=deque)  # (sequences, gang) waiting for rows
+    stopped: list[Sequence] = field(default_factory=list)  # stopped since the method last looked
+    outcome: Any = None
+    cost: Cost | None = None
+    cancelled: bool = False
+
+    @property
+    def idle(self) -> bool:
+        return not self.queue and not any(s.status == RUNNING for s in self.live)
+
+
+@dataclass
+class SchedulerStats:
+    steps: int = 0  # decode steps
+    rows_decoded: int = 0  # sequences that drew a token, summed over steps
+    max_batch_rows: int = 0
+
+    @property
+    def rows_busy(self) -> float:
+        return self.rows_decoded / max(1, self.steps * self.max_batch_rows)
+
+
+class Context:
+    """What a method's per-prompt policy may do with its own prompt's sequences."""
+
+    def __init__(self, scheduler: "Scheduler", request: Request):
+        self._scheduler = scheduler
+        self._backend = scheduler.backend
+        self.request = request
+        self.config = request.config
+        self.prompt = request.prompt
+        self.prompt_len = len(request.prompt_ids)
+        self.key = request.key
+
+    def sample(self, indices: Iterable[int], *, key: int | None = None, params: SamplingParams | None = None,
+               until: int | None = None, stop_rule=None, chooser=None, gang: bool = False,
+               keep_finished: bool = False) -> list[Sequence]:
+        """New samples from the prompt's cache; sample j draws with child_key(key, j) (key: the prompt's).
+
+        `gang`: the samples need rows together (they are decided together, e.g. at a decision point).
+        """
+        base = self.key if key is None else key
+        seqs = [Sequence(self.request, j, child_key(base, j), params or self.config.sampling(),
+                         self.config.max_new_tokens, until=until, stop_rule=stop_rule, chooser=chooser,
+                         keep_finished=keep_finished) for j in indices]
+        if gang and len(seqs) > self._scheduler.max_batch_rows:
+            raise SecateursError(f"{self.request.method} needs {len(seqs)} rows decoding together but max_batch_rows "
+                                 f"is {self._scheduler.max_batch_rows}; raise --max-batch-rows")
+        if seqs:
+            self.request.queue.append((seqs, gang))
+            self.request.live.extend(seqs)
+        return seqs
+
+    def extend(self, seqs: Iterable[Sequence], until: int | None = None) -> None:
+        """Decode on, until the response has `until` tokens (None: EOS / max_new_tokens) or a stop rule ends it."""
+        for s in seqs:
+            if s.finished or s.status == RELEASED:
+                raise ValueError(f"cannot extend {s}")
+            s.until, s.status, s.reward = until, RUNNING, None
+
+    def release(self, seqs: Iterable[Sequence]) -> None:
+        seqs = [s for s in seqs if s.status != RELEASED]
+        self._backend.release(seqs)
+        gone = {id(s) for s in seqs}
+        self.request.live = [s for s in self.request.live if id(s) not in gone]
+
+    def rewind(self, seq: Sequence, length: int) -> None:
+        self._backend.truncate(seq, length)
+
+    def force(self, seq: Sequence, tokens, logprobs=None) -> None:
+        self._backend.force(seq, tokens, logprobs)
+
+    def copy(self, dst: Sequence, src: Sequence) -> None:
+        self._backend.copy(dst, src)
+
+    def text(self, seq: Sequence) -> str:
+        return self._backend.decode(seq.tokens)
+
+    def score(self, texts: list[str], partial: bool = False) -> list[float]:
+        """RM scores of texts as responses to this prompt (e.g. the empty response: r(x))."""
+        return metered_score(self._scheduler.reward, self._scheduler.meter, [self.prompt] * len(texts), texts,
+                             [self.request] * len(texts), partial=partial)
+
+    def kv_capacity_tokens(self) -> int | None:
+        return self._backend.kv_capacity_tokens()
+
+    def kv_bytes_per_token(self) -> int:
+        return self._backend.kv_bytes_per_token()
+
+    def finish(self, outcome) -> None:
+        self.request.outcome = outcome
+
+
+class Scheduler:
+    def __init__(self, backend, reward: Reward, max_batch_rows: int = 64, meter: Meter | None = None,
+                 refill_rows: int | None = None):
+        self.backend = backend
+        self.reward = reward
+        self.max_batch_rows = max_batch_rows
+        self.meter = meter or Meter(getattr(backend, "device", "cpu"))
+        backend.meter = self.meter
+        # Freed rows are refilled once this many are free (or nothing decodes): each refill copies
+        # the cache once, so refilling row by row would cost a copy per step.
+        self.refill_rows = refill_rows or max(1, max_batch_rows // 8)
+        self.waiting: deque[Request] = deque()
+        self.active: list[Request] = []
+        self.stats = SchedulerStats(max_batch_rows=max_batch_rows)
+
+    # ------------------------------------------------------------------ requests in and out
+    def add(self, request: Request) -> None:
+        from .methods import get_method
+
+        check = getattr(self.backend, "check_method", None)
+        method = get_method(request.method)
+        from .backends.base import check_capabilities
+
+        check_capabilities(self.backend, request.method, method.needs)
+        if check is not None:
+            check(method)
+        self.waiting.append(request)
+
+    def cancel(self, request: Request) -> None:
+        """Drop a request, queued or decoding; its rows are freed at once."""
+        if request in self.waiting:
+            self.waiting.remove(request)
+        elif request in self.active:
+            self._release_all(request)
+            self.active.remove(request)
+            self.meter.close(request)
+        request.cancelled = True
+        if request.on_done is not None:
+            request.on_done(request)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.active)
+
+    def run(self, requests: Iterable[Request]) -> Iterator[Request]:
+        """Add the requests and step until all are done; yields each as it finishes."""
+        for r in requests:
+            self.add(r)
+        while self.has_work:
+            yield from self.step()
+
+    # ------------------------------------------------------------------ the loop
+    def step(self) -> list[Request]:
+        done: list[Request] = []
+        self._admit(done)
+        self._place()
+        running = [s for r in self.active for s in r.live if s.status == RUNNING]
+        if running:
+            before = sum(s.length for s in running)
+            stopped = self.backend.step(running, score=self._score_for_chooser)
+            self.stats.steps += 1
+            self.stats.rows_decoded += sum(s.length for s in running) - before
+            for s in stopped:
+                if s.finished and not s.keep_finished:
+                    self.backend.release([s])  # its tokens stay on the handle
+                s.request.stopped.append(s)
+        idle = [r for r in self.active if r.idle and r.stopped]
+        if idle:
+            self._score([s for r in idle for s in r.stopped])
+            for r in idle:
+                stopped, r.stopped = r.stopped, []
+                r.live = [s for s in r.live if s.status != RELEASED]
+                r.policy.on_idle(stopped)
+                self._check_progress(r)
+        for r in list(self.active):
+            if r.outcome is not None:
+                self._finish(r, done)
+        self.meter.mark(self.active)
+        return done
+
+    @staticmethod
+    def _check_progress(request: Request) -> None:
+        if request.outcome is None and request.idle and not request.stopped:
+            raise SecateursError(f"method {request.method!r} left prompt {request.prompt.id!r} with nothing to "
+                                 "decode and no answer")
+
+    def _admit(self, done: list[Request]) -> None:
+        free = self.max_batch_rows - self.backend.live_rows - self._queued_rows()
+        decoding = any(s.status == RUNNING for r in self.active for s in r.live)
+        admitted = []
+        while self.waiting and free > 0 and (free >= self.refill_rows or not decoding or not self.active):
+            request = self.waiting.popleft()
+            admitted.append(request)
+            free -= request.config.rows_per_prompt()
+        if not admitted:
+            return
+        for request in admitted:
+            self.meter.open(request)
+        self.backend.prefill(admitted)
+        from .methods import get_method
+
+        for request in admitted:
+            method = get_method(request.method)
+            request.policy = method.policy_class(request.config, Context(self, request))
+            self.active.append(request)
+            request.policy.start()
+            self._check_progress(request)
+
+    def _queued_rows(self) -> int:
+        return sum(len(seqs) for r in self.active for seqs, _ in r.queue)
+
+    def _place(self) -> None:
+        """Queued sequences take free rows, oldest request first; a gang waits until all of it fits."""
+        queued = self._queued_rows()
+        if not queued:
+            return
+        free = self.max_batch_rows - self.backend.live_rows
+        decoding = any(s.status == RUNNING for r in self.active for s in r.live)
+        if free < min(self.refill_rows, queued) and decoding:
+            return
+        for r in self.active:
+            while r.queue and free > 0:
+                seqs, gang = r.queue[0]
+                if gang and len(seqs) > free:
+                    return
+                take = seqs[:free]
+                self.backend.start(take)
+                free -= len(take)
+                if len(take) == len(seqs):
+                    r.queue.popleft()
+                else:
+                    r.queue[0] = (seqs[len(take):], gang)
+
+    def _score(self, seqs: list[Sequence]) -> None:
+        """One RM call per kind (finished / partial) for all the stopped sequences of the step."""
+        texts = [self.backend.decode(s.tokens) for s in seqs]
+        scores = metered_score_mixed(self.reward, self.meter, [s.request.prompt for s in seqs], texts,
+                                     [s.request for s in seqs], partial=[not s.finished for s in seqs])
+        for s, text, score in zip(seqs, texts, scores):
+            s.reward, s.scored_partial = score, not s.finished
+            s.tags["text"] = text
+
+    def _score_for_chooser(self, seqs: list[Sequence], texts: list[str]) -> list[float]:
+        return metered_score(self.reward, self.meter, [s.request.prompt for s in seqs], texts,
+                             [s.request for s in seqs], partial=True)
+
+    def _release_all(self, request: Request) -> None:
+        self.backend.release([s for s in request.live if s.status != RELEASED])
+        for seqs, _ in request.queue:
+            for s in seqs:
+                s.status = RELEASED
+        request.queue.clear()
+        request.live = []
+        self.backend.release_prompt(request)
+
+    def _finish(self, request: Request, done: list[Request]) -> None:
+        self._release_all(request)
+        self.active.remove(request)
+        request.cost = self.meter.close(request)
+        done.append(request)
+        if request.on_done is not None:
+            request.on_done(request)
