@@ -2,25 +2,38 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .errors import SecateursError
 from .methods import get_method
 from .models import load_policy
 from .policy import Policy
-from .prompts import Prompt, load_prompts, make_prompts
+from .prompts import Prompt, load_prompts, looks_like_prompt_file, make_prompts
 from .results import AlignResult
 from .rewards import Reward, load_reward
 from .runner import run_prompts
 
 
 def resolve_prompts(prompts: Any) -> list[Prompt]:
-    """A prompt file path, one prompt string, or a list of strings / messages lists / dicts / Prompts."""
-    if isinstance(prompts, Path) or (isinstance(prompts, str) and prompts.endswith((".jsonl", ".json"))
-                                     and Path(prompts).is_file()):
+    """A prompt file path, one prompt (a string, a messages list given inside a list, a dict with
+    'prompt' / 'messages', a Prompt), or a list of prompts.
+
+    A string that names a prompt file (ends with .jsonl, .json, .parquet, .csv or .arrow and looks
+    like a path) is read as one; if there is no such file, that is an error rather than a prompt."""
+    if isinstance(prompts, os.PathLike):
         return load_prompts(prompts)
-    if isinstance(prompts, (str, Prompt)):
-        prompts = [prompts]
+    if isinstance(prompts, str):
+        if looks_like_prompt_file(prompts):
+            return load_prompts(prompts.strip())
+        return make_prompts([prompts])
+    if isinstance(prompts, (Prompt, dict)):
+        return make_prompts([prompts])
+    if isinstance(prompts, (bytes, bytearray)) or not isinstance(prompts, Iterable):
+        raise SecateursError(f"prompts must be a prompt file path, a string, a dict, or a list of prompts; "
+                             f"got {type(prompts).__name__}")
     return make_prompts(prompts)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from importlib import resources
@@ -28,10 +29,33 @@ class Prompt:
                 return message["content"]
         return self.messages[-1]["content"]
 
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the messages: a stored result answers this prompt only if its fingerprint matches."""
+        return messages_fingerprint(self.messages)
+
     def to_json(self) -> Any:
         if len(self.messages) == 1 and self.messages[0]["role"] == "user":
             return self.messages[0]["content"]
         return [dict(m) for m in self.messages]
+
+
+def messages_fingerprint(messages: Sequence[Message]) -> str:
+    """sha256 of the canonical JSON of chat messages (role and content only), first 16 hex digits."""
+    canonical = json.dumps([{"role": m["role"], "content": m["content"]} for m in messages],
+                           ensure_ascii=False, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def prompt_json_fingerprint(prompt: Any) -> str:
+    """The fingerprint of a prompt as `Prompt.to_json` stores it (a string or a messages list);
+    "" when it is neither."""
+    if isinstance(prompt, str):
+        return messages_fingerprint(({"role": "user", "content": prompt},))
+    if isinstance(prompt, list) and all(isinstance(m, dict) and isinstance(m.get("role"), str)
+                                        and isinstance(m.get("content"), str) for m in prompt):
+        return messages_fingerprint(prompt)
+    return ""
 
 
 def _validate_messages(messages: Any, where: str) -> tuple[Message, ...]:
@@ -92,18 +116,53 @@ def check_unique_ids(prompts: Sequence[Prompt], source: str = "prompts") -> None
         seen.add(p.id)
 
 
+# Table formats people may hand us; they are not read (yet), so they get a clear refusal.
+UNSUPPORTED_SUFFIXES = (".parquet", ".csv", ".arrow", ".tsv", ".xlsx")
+# Names that mark a string given as `prompts` as a file rather than a prompt.
+PROMPT_FILE_SUFFIXES = (".jsonl", ".json") + UNSUPPORTED_SUFFIXES
+
+
+def read_text_file(path: Path, what: str) -> str:
+    """A UTF-8 text file's content (a leading byte-order mark dropped); unreadable or non-UTF-8 files
+    fail with one line naming the file and where the bad byte is."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise SecateursError(f"cannot read {what} {str(path)!r}: {e.strerror or e}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise SecateursError(f"{what} {str(path)!r} is not UTF-8 text (line {line}, byte {e.start}: "
+                             f"{data[e.start:e.start + 1]!r}); save it as UTF-8") from None
+
+
+def looks_like_prompt_file(text: str) -> bool:
+    """Whether a string given as `prompts` names a file (prompts.jsonl, ./data/p.json, ~/x.parquet)
+    rather than being a prompt ("Explain what data.json holds" is a prompt)."""
+    if "\n" in text or not text.strip().lower().endswith(PROMPT_FILE_SUFFIXES):
+        return False
+    text = text.strip()
+    return not any(c.isspace() for c in text) or text.startswith(("/", "./", "../", "~", ".\\", "..\\"))
+
+
 def load_prompts(path: str | Path) -> list[Prompt]:
     """Read prompts from a JSONL file (one object per line) or a JSON file holding a list.
 
     Each entry holds 'prompt' (a string) or 'messages' (chat messages), and optionally 'id'
     (default: the entry's 0-based position). Errors name the file and line.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_file():
+        if path.is_dir():
+            raise SecateursError(f"prompt file {str(path)!r} is a folder, not a file")
         raise SecateursError(f"prompt file not found: {str(path)!r}")
-    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in UNSUPPORTED_SUFFIXES:
+        raise SecateursError(f"prompt file {str(path)!r}: {path.suffix} files are not supported; "
+                             "use JSONL (one JSON object per line) or a .json file holding a list")
+    text = read_text_file(path, "prompt file")
     entries: list[tuple[Any, str]] = []
-    if path.suffix == ".json":
+    if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
@@ -112,7 +171,9 @@ def load_prompts(path: str | Path) -> list[Prompt]:
             raise SecateursError(f"{path}: a .json prompt file must hold a list, got {type(data).__name__}")
         entries = [(d, f"{path} entry {i}") for i, d in enumerate(data)]
     else:
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        # Only "\n" ends a line: JSON strings may hold U+2028, U+0085 and the like (str.splitlines would cut there).
+        for lineno, line in enumerate(text.split("\n"), start=1):
+            line = line.removesuffix("\r")
             if not line.strip():
                 continue
             try:

@@ -10,6 +10,8 @@ the batch, or on whether a killed run was resumed.
 from __future__ import annotations
 
 import hashlib
+import math
+import numbers
 from dataclasses import dataclass
 
 import torch
@@ -67,6 +69,14 @@ def gumbel_noise(keys: torch.Tensor, draws: torch.Tensor, token_ids: torch.Tenso
     return -torch.log(-torch.log(u))
 
 
+def _is_real(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _show(value) -> str:
+    return str(value) if _is_real(value) else repr(value)
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     """How the next token is drawn. temperature 0 means greedy."""
@@ -76,12 +86,13 @@ class SamplingParams:
     top_p: float = 1.0
 
     def __post_init__(self):
-        if not self.temperature >= 0:
-            raise SecateursError(f"temperature must be >= 0, got {self.temperature}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        # Finite numbers only: an infinite temperature would also end up as `Infinity` in JSON output.
+        if not _is_real(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise SecateursError(f"temperature must be a finite number >= 0, got {_show(self.temperature)}")
+        if not isinstance(self.top_k, int) or isinstance(self.top_k, bool) or self.top_k < 0:
             raise SecateursError(f"top_k must be an integer >= 0, got {self.top_k!r}")
-        if not 0 < self.top_p <= 1:
-            raise SecateursError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not _is_real(self.top_p) or not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
+            raise SecateursError(f"top_p must be in (0, 1], got {_show(self.top_p)}")
 
 
 def sample_tokens(

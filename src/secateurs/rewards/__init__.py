@@ -11,12 +11,15 @@ Reward specs (CLI --reward, API reward=):
 from __future__ import annotations
 
 import importlib
+import math
+import os
 from pathlib import Path
 from typing import Callable
 
 from ..errors import SecateursError
 from .base import CallableReward, Reward, WeightedSum, metered_score, metered_score_mixed
-from .hf import HFReward
+from .hf import HFReward, check_model_folder
+from .identity import callable_name
 from .offline import CivilityReward, RelevanceReward, SentimentReward
 
 # Chosen by benchmarks/rewards.py (pairwise accuracy on labelled good/bad answers): relevance
@@ -31,23 +34,38 @@ OFFLINE_REWARDS: dict[str, Callable[[], Reward]] = {
 }
 
 __all__ = ["Reward", "CallableReward", "WeightedSum", "HFReward", "RelevanceReward", "CivilityReward",
-           "SentimentReward", "load_reward", "metered_score", "metered_score_mixed", "DEFAULT_REWARD"]
+           "SentimentReward", "load_reward", "callable_name", "metered_score", "metered_score_mixed", "DEFAULT_REWARD"]
 
 
-def _load_term(spec: str, device) -> Reward:
+def _load_term(spec: str, device, whole: str) -> Reward:
+    if not spec:
+        raise SecateursError(f"empty term in reward spec {whole!r}")
     if spec in OFFLINE_REWARDS:
         return OFFLINE_REWARDS[spec]()
     if spec.startswith("hf:"):
+        if not spec[3:].strip():
+            raise SecateursError(f"reward spec {spec!r} names no model: use hf:MODEL_ID or hf:/path/to/folder")
         return HFReward(spec[3:], device=device)
     if spec.startswith("py:"):
         module_name, _, attr = spec[3:].rpartition(":")
+        if not module_name or not attr:
+            raise SecateursError(f"unknown reward function {spec!r}: use py:MODULE:FUNCTION")
         try:
             fn = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError, ValueError) as e:
             raise SecateursError(f"unknown reward function {spec!r}: {e}") from None
-        return fn if isinstance(fn, Reward) else CallableReward(fn, name=spec)
-    if Path(spec).is_dir():
+        except Exception as e:  # the module itself fails to import
+            raise SecateursError(f"reward function {spec!r}: importing {module_name!r} failed: "
+                                 f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                                 ) from None
+        if isinstance(fn, Reward):
+            return fn
+        if not callable(fn):
+            raise SecateursError(f"reward function {spec!r} is a {type(fn).__name__}, not a function")
+        return CallableReward(fn, name=spec)
+    if Path(spec).expanduser().is_dir():
         return HFReward(spec, device=device)
+    check_model_folder(spec)
     raise SecateursError(
         f"unknown reward {spec!r}: use default, {', '.join(OFFLINE_REWARDS)}, hf:MODEL, py:MODULE:FUNCTION, "
         "a reward model folder, or a weighted sum such as relevance+0.5*civility"
@@ -55,11 +73,14 @@ def _load_term(spec: str, device) -> Reward:
 
 
 def load_reward(spec: str | Reward | Callable | None = None, device=None) -> Reward:
-    """Build a reward from a spec string (see module doc), a Reward, or a plain Python function."""
+    """Build a reward from a spec string (see module doc), a Reward, or a plain Python function
+    (named by `callable_name`: different functions never share a name, so never share results)."""
     if isinstance(spec, Reward):
         return spec
     if callable(spec):
         return CallableReward(spec)
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        raise SecateursError(f"reward must be a spec string, a Reward or a function, got {type(spec).__name__}")
     text = DEFAULT_REWARD if spec in (None, "", "default") else str(spec).strip()
     terms = []
     for part in text.split("+"):
@@ -68,7 +89,9 @@ def load_reward(spec: str | Reward | Callable | None = None, device=None) -> Rew
             weight = float(weight_text) if star else 1.0
         except ValueError:
             raise SecateursError(f"bad weight {weight_text!r} in reward {text!r}") from None
-        terms.append((weight, _load_term(name.strip(), device)))
+        if not math.isfinite(weight):
+            raise SecateursError(f"bad weight {weight_text!r} in reward {text!r}: must be a finite number")
+        terms.append((weight, _load_term(name.strip(), device, text)))
     if len(terms) == 1 and terms[0][0] == 1.0:
         reward = terms[0][1]
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from abc import ABC, abstractmethod
 from typing import Callable, Sequence
@@ -10,6 +11,7 @@ from typing import Callable, Sequence
 from ..errors import RewardError
 from ..meter import Meter
 from ..prompts import Prompt
+from .identity import callable_name
 
 
 class Reward(ABC):
@@ -17,30 +19,62 @@ class Reward(ABC):
 
     `partial=True` says the responses are unfinished (Speculative Rejection and CARDS score
     prefixes); the RM scores them as if complete, as the papers do, unless it knows better.
+
+    `name` identifies the reward in results and in the run fingerprint (a resumed output is only
+    reused by the same reward): two different rewards must not share a name. A subclass that sets
+    none is named after its class.
     """
 
     name: str = "reward"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = f"{cls.__module__}:{cls.__qualname__}"
 
     def score(self, prompts: Sequence[Prompt], responses: Sequence[str], partial: bool = False) -> list[float]:
         return self.score_with_tokens(prompts, responses, partial)[0]
 
     def score_with_tokens(self, prompts: Sequence[Prompt], responses: Sequence[str],
                           partial: bool = False) -> tuple[list[float], list[int]]:
-        """Scores and, per pair, the number of tokens the RM read (for cost accounting)."""
+        """Scores and, per pair, the number of tokens the RM read (for cost accounting).
+
+        Whatever goes wrong inside the reward (an exception, a score that is not a finite number,
+        the wrong number of scores) is a RewardError naming the reward and the prompt id."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not responses:
             return [], []
-        scores, tokens = self._score(list(prompts), list(responses), partial)
-        scores = [float(s) for s in scores]
+        prompts, responses = list(prompts), list(responses)
+        try:
+            scores, tokens = self._score(prompts, responses, partial)
+        except RewardError:
+            raise
+        except Exception as e:  # a user's function or model failing: name it, not a traceback
+            raise RewardError(f"reward {self.name!r} failed on {_ids(prompts)}: {_describe(e)}") from e
+        if isinstance(scores, (str, bytes, dict)) or not hasattr(scores, "__iter__"):
+            raise RewardError(f"reward {self.name!r} returned {_show(scores)} for {_ids(prompts)}; "
+                              "expected one number per response")
+        scores = list(scores)
         if len(scores) != len(responses):
-            raise RewardError(f"reward {self.name!r} returned {len(scores)} scores for {len(responses)} responses")
+            raise RewardError(f"reward {self.name!r} returned {len(scores)} scores for {len(responses)} "
+                              f"responses ({_ids(prompts)})")
+        checked = []
         for p, r, s in zip(prompts, responses, scores):
-            if not math.isfinite(s):
+            value = as_score(s)
+            if value is None:
+                raise RewardError(f"reward {self.name!r} returned {_show(s)} for prompt {p.id!r}; "
+                                  "expected a number")
+            if not math.isfinite(value):
                 raise RewardError(
-                    f"reward {self.name!r} returned {s} for prompt {p.id!r} and response {r[:60]!r}"
+                    f"reward {self.name!r} returned {value} for prompt {p.id!r} and response {r[:60]!r}"
                 )
-        return scores, list(tokens)
+            checked.append(value)
+        tokens = list(tokens)
+        if len(tokens) != len(responses):
+            raise RewardError(f"reward {self.name!r} returned {len(tokens)} token counts for "
+                              f"{len(responses)} responses ({_ids(prompts)})")
+        return checked, tokens
 
     @abstractmethod
     def _score(self, prompts: list[Prompt], responses: list[str], partial: bool
@@ -51,6 +85,37 @@ class Reward(ABC):
         return f"{type(self).__name__}({self.name!r})"
 
 
+def as_score(value) -> float | None:
+    """A reward value as a float: Python / numpy numbers and 0-d tensors or arrays; None for anything
+    else (strings, lists, None: a number in disguise is a bug, not a score)."""
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        item = value.item()
+        if isinstance(item, numbers.Real):
+            return float(item)
+    return None
+
+
+def _show(value) -> str:
+    text = repr(value)
+    text = text if len(text) <= 60 else text[:60] + "..."
+    return f"{text} (a {type(value).__name__})"
+
+
+def _ids(prompts: Sequence[Prompt]) -> str:
+    ids = list(dict.fromkeys(p.id for p in prompts))
+    if len(ids) == 1:
+        return f"prompt {ids[0]!r}"
+    shown = ", ".join(repr(i) for i in ids[:3])
+    return f"prompts {shown}" + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+
+
+def _describe(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
+
+
 def word_count(text: str) -> int:
     """Token count for scorers that read words rather than model tokens."""
     return len(text.split())
@@ -58,19 +123,29 @@ def word_count(text: str) -> int:
 
 class CallableReward(Reward):
     """Wrap a Python function: fn(prompt_text, response) -> float, or, with batched=True,
-    fn(list of prompt texts, list of responses) -> list of floats."""
+    fn(list of prompt texts, list of responses) -> list of floats.
+
+    Its default name is `callable_name(fn)`: module:qualname plus a hash of what the function does
+    (code, closure, defaults, the globals it reads), so two different lambdas never share a name."""
 
     def __init__(self, fn: Callable, name: str | None = None, batched: bool = False):
+        if not callable(fn):
+            raise RewardError(f"reward {fn!r} is not callable")
         self.fn = fn
         self.batched = batched
-        self.name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        self.name = name or callable_name(fn)
 
     def _score(self, prompts, responses, partial):
         texts = [p.text for p in prompts]
         if self.batched:
-            scores = list(self.fn(texts, responses))
+            scores = self.fn(texts, responses)
         else:
-            scores = [self.fn(t, r) for t, r in zip(texts, responses)]
+            scores = []
+            for p, t, r in zip(prompts, texts, responses):
+                try:
+                    scores.append(self.fn(t, r))
+                except Exception as e:
+                    raise RewardError(f"reward {self.name!r} failed on prompt {p.id!r}: {_describe(e)}") from e
         return scores, [word_count(r) for r in responses]
 
 
@@ -81,7 +156,7 @@ class WeightedSum(Reward):
         if not terms:
             raise ValueError("WeightedSum needs at least one term")
         self.terms = list(terms)
-        self.name = "+".join(f"{w:g}*{r.name}" for w, r in self.terms)
+        self.name = "+".join(f"{_weight_text(w)}*{r.name}" for w, r in self.terms)
 
     def _score(self, prompts, responses, partial):
         total = [0.0] * len(responses)
@@ -91,6 +166,12 @@ class WeightedSum(Reward):
             total = [t + weight * s for t, s in zip(total, scores)]
             tokens = [a + b for a, b in zip(tokens, read)]
         return total, tokens
+
+
+def _weight_text(weight: float) -> str:
+    """Short when that is exact (0.5, 2), else every digit: names must tell weights apart."""
+    short = f"{weight:g}"
+    return short if float(short) == weight else repr(float(weight))
 
 
 def metered_score(reward: Reward, meter: Meter | None, prompts: Sequence[Prompt], responses: Sequence[str],

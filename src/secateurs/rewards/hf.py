@@ -6,6 +6,7 @@ are never passed to it, so policy and RM may have different vocabularies.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import torch
@@ -15,20 +16,46 @@ from ..models import resolve_device, resolve_dtype
 from .base import Reward
 
 
+def looks_like_path(spec: str) -> bool:
+    """A reward spec meant as a folder rather than a Hub id (which is NAME or ORG/NAME)."""
+    return (spec.startswith(("/", "./", "../", "~", ".\\", "..\\")) or spec in (".", "..")
+            or spec.count("/") > 1 or "\\" in spec or (os.sep != "/" and os.sep in spec))
+
+
+def check_model_folder(spec: str) -> None:
+    """A spec that looks like a path must be an existing folder: say so rather than let the Hub
+    client complain about a repo name."""
+    if looks_like_path(spec):
+        folder = Path(spec).expanduser()
+        if not folder.exists():
+            raise SecateursError(f"reward model folder not found: {spec!r}")
+        if not folder.is_dir():
+            raise SecateursError(f"reward model path {spec!r} is a file, not a model folder")
+
+
 class HFReward(Reward):
     def __init__(self, model_name_or_path: str | Path, device=None, dtype=None, batch_size: int = 16,
                  max_length: int | None = None, label_index: int = 0):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.name = f"hf:{model_name_or_path}"
+        spec = str(model_name_or_path)
+        if isinstance(model_name_or_path, Path):
+            spec = spec if looks_like_path(spec) else "./" + spec
+        check_model_folder(spec)
+        if looks_like_path(spec):
+            model_name_or_path = Path(spec).expanduser()
         dev = resolve_device(device)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_name_or_path)
             self.model = AutoModelForSequenceClassification.from_pretrained(
                 model_name_or_path, dtype=resolve_dtype(dtype, dev)).to(dev).eval()
-        except (OSError, ValueError) as e:
-            raise SecateursError(
-                f"unknown reward model {str(model_name_or_path)!r}: {str(e).splitlines()[0]}") from None
+        except SecateursError:
+            raise
+        except Exception as e:  # OSError, ValueError, a broken config: one line naming the model
+            lines = str(e).strip().splitlines()
+            raise SecateursError(f"unknown reward model {str(model_name_or_path)!r}: "
+                                 f"{lines[0] if lines else type(e).__name__}") from None
         if label_index >= self.model.config.num_labels:
             raise SecateursError(f"label_index {label_index} out of range for {self.model.config.num_labels} labels")
         self.device = dev
