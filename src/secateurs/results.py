@@ -180,6 +180,8 @@ def _foreign(path: Path, why: str) -> SecateursError:
 def _check_output_path(path: Path) -> None:
     if path.is_dir():
         raise SecateursError(f"output {str(path)!r} is a folder; give a file path such as {str(path / 'out.jsonl')!r}")
+    if path.exists() and not path.is_file() and str(path) != os.devnull:
+        raise SecateursError(f"output {str(path)!r} is not a regular file (a device or pipe); give a file path")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
