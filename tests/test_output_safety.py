@@ -93,6 +93,17 @@ def test_a_cut_inside_a_multibyte_character_is_a_cut_off_line(tmp_path):
     assert done == {} and path.read_bytes() == b""
 
 
+def test_a_whole_last_result_without_its_newline_is_kept(tmp_path):
+    path = tmp_path / "out.jsonl"
+    complete = write_results(path, [result(PROMPTS[0]), result(PROMPTS[1])])
+    path.write_bytes(complete[:-1])  # an editor saved it without the final newline
+    done, writer = open_results(path, FP, PROMPTS)
+    with writer:
+        writer.write([result(PROMPTS[2])])
+    assert sorted(done) == ["a", "b"]
+    assert [json.loads(line)["id"] for line in path.read_text().splitlines()] == ["a", "b", "c"]
+
+
 def test_responses_with_unicode_line_separators_resume(tmp_path):
     path = tmp_path / "out.jsonl"
     odd = "one\u2028two\x85three\u2029four\x1cfive"

@@ -220,8 +220,9 @@ def _os_error(path: Path, doing: str, e: OSError) -> SecateursError:
 
 def _load(path: Path, f: IO[bytes], fingerprint: str, prompts: dict[str, Prompt | None]
           ) -> tuple[dict[str, AlignResult], int | None]:
-    """Check everything in the open file; return the results by id and, when its last line was cut off
-    by a kill, the length to cut it back to. Nothing is changed here."""
+    """Check everything in the open file; return the results by id and what the file needs before
+    results are appended: the length to cut a killed run's partial last line back to, or -1 when its
+    last line is a whole result with no newline (an editor dropped it). Nothing is changed here."""
     f.seek(0)
     data = f.read()
     end = data.rfind(b"\n") + 1
@@ -240,9 +241,17 @@ def _load(path: Path, f: IO[bytes], fingerprint: str, prompts: dict[str, Prompt 
             results.append((lineno, _parse_result(line)))
         except ValueError as e:
             raise _foreign(path, f"line {lineno}: {e}") from None
-    if tail and not _cut_off_line(tail):
+    repair = None
+    if tail:
         lineno = complete.count(b"\n") + 1
-        raise _foreign(path, f"its last line {lineno} has no newline and is not a cut-off result line")
+        try:
+            results.append((lineno, _parse_result(tail.decode("utf-8"))))
+            repair = -1
+        except (UnicodeDecodeError, ValueError):
+            if not _cut_off_line(tail):
+                raise _foreign(path, f"its last line {lineno} has no newline and is not a cut-off result line"
+                               ) from None
+            repair = len(complete)
     done: dict[str, AlignResult] = {}
     for lineno, result in results:
         if result.run_fingerprint != fingerprint:
@@ -264,7 +273,7 @@ def _load(path: Path, f: IO[bytes], fingerprint: str, prompts: dict[str, Prompt 
         if result.id in done:
             raise SecateursError(f"{path} line {lineno}: prompt id {result.id!r} appears twice")
         done[result.id] = result
-    return done, (len(complete) if tail else None)
+    return done, repair
 
 
 def _preview(prompt: Any) -> str:
@@ -272,9 +281,15 @@ def _preview(prompt: Any) -> str:
     return repr(text if len(text) <= 40 else text[:40] + "...")
 
 
-def _cut(path: Path, f: IO[bytes], length: int) -> None:
+def _repair(path: Path, f: IO[bytes], repair: int | None) -> None:
+    """Drop a cut-off last line (repair = the length to keep), or end a whole last line (repair = -1)."""
+    if repair is None:
+        return
     try:
-        f.truncate(length)
+        if repair < 0:
+            f.write(b"\n")
+        else:
+            f.truncate(repair)
         os.fsync(f.fileno())
     except OSError as e:
         raise _os_error(path, "cannot repair output", e) from None
@@ -294,9 +309,8 @@ def open_results(path: Path, fingerprint: str, prompts: Sequence[Prompt]
     path = Path(path)
     f = _open_locked(path)
     try:
-        done, cut_at = _load(path, f, fingerprint, {p.id: p for p in prompts})
-        if cut_at is not None:
-            _cut(path, f, cut_at)
+        done, repair = _load(path, f, fingerprint, {p.id: p for p in prompts})
+        _repair(path, f, repair)
     except BaseException:
         f.close()
         raise
@@ -318,9 +332,8 @@ def read_results(path: Path, fingerprint: str, prompt_ids: Iterable[str] | Seque
             wanted[str(p)] = None
     f = _open_locked(path)
     try:
-        done, cut_at = _load(path, f, fingerprint, wanted)
-        if cut_at is not None:
-            _cut(path, f, cut_at)
+        done, repair = _load(path, f, fingerprint, wanted)
+        _repair(path, f, repair)
     finally:
         f.close()
     return done
@@ -359,12 +372,14 @@ class ResultWriter:
                 written = self._file.write(view)
                 view = view[written:]
             os.fsync(self._file.fileno())
-        except OSError as e:
+        except BaseException as e:  # a full disk, or Ctrl-C mid-write: no half-written line left behind
             try:
-                self._file.truncate(size)  # no half-written line left behind
+                self._file.truncate(size)
             except OSError:
                 pass
-            raise _os_error(self.path, "cannot write output", e) from None
+            if isinstance(e, OSError):
+                raise _os_error(self.path, "cannot write output", e) from None
+            raise
 
     def close(self) -> None:
         f, self._file = self._file, None
