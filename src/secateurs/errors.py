@@ -10,4 +10,5 @@ class SecateursError(Exception):
 
 
 class RewardError(SecateursError):
-    """A reward model returned something unusable (NaN, infinity, wrong number of scores)."""
+    """A reward failed or returned something unusable (an exception, NaN, infinity, a non-number, the
+    wrong number of scores); the message names the reward and the prompt id."""

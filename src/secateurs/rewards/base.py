@@ -8,7 +8,7 @@ import time
 from abc import ABC, abstractmethod
 from typing import Callable, Sequence
 
-from ..errors import RewardError
+from ..errors import RewardError, SecateursError
 from ..meter import Meter
 from ..prompts import Prompt
 from .identity import callable_name
@@ -48,7 +48,7 @@ class Reward(ABC):
         prompts, responses = list(prompts), list(responses)
         try:
             scores, tokens = self._score(prompts, responses, partial)
-        except RewardError:
+        except SecateursError:  # already one clear line (a missing package, a nested reward's error)
             raise
         except Exception as e:  # a user's function or model failing: name it, not a traceback
             raise RewardError(f"reward {self.name!r} failed on {_ids(prompts)}: {_describe(e)}") from e
