@@ -44,7 +44,7 @@ class _Hasher:
         (this process only) or, with by_identity=False, their type."""
         try:
             return self._content(obj, depth)
-        except _Unstable:
+        except (_Unstable, Exception):  # an object that fails to describe itself counts as an object
             if not by_identity:
                 return f"instance of {_qualified(type(obj))}"
             self.per_process = True
