@@ -23,13 +23,17 @@ from .errors import SecateursError
 from .results import AlignResult
 
 # Cost fields that measure time or memory: they differ between runs of the same configuration.
-_MEASURED = ("lm_seconds", "rm_seconds", "other_seconds", "peak_memory_bytes")
+_MEASURED = ("seconds", "lm_seconds", "rm_seconds", "other_seconds", "peak_memory_bytes")
 
 
 def _comparable(record: dict[str, Any]) -> dict[str, Any]:
     record = dict(record)
     record["cost"] = {k: v for k, v in dict(record.get("cost") or {}).items() if k not in _MEASURED}
     return record
+
+
+def _no_nan(name: str):
+    raise ValueError(f"{name} is not a valid JSON number")
 
 
 def _read(path: Path) -> list[tuple[int, dict[str, Any]]]:
@@ -48,7 +52,7 @@ def _read(path: Path) -> list[tuple[int, dict[str, Any]]]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line)
+            record = json.loads(line, parse_constant=_no_nan)
             if not isinstance(record, dict):
                 raise TypeError(f"a JSON {type(record).__name__}, not an object")
             AlignResult.from_json(record)  # checks the fields

@@ -142,6 +142,13 @@ class _Worker:
         return run_prompts(prompts, method, config, self.policy, self.reward, seed=seed)
 
 
+def _prompts_per_batch(config: DecodingConfig) -> int:
+    """Prompts whose rows fill one batch (`max_batch_rows`): a shard of fewer leaves rows idle."""
+    rows = getattr(config, "max_batch_rows", 64)
+    per_prompt = config.rows_per_prompt() if hasattr(config, "rows_per_prompt") else 1
+    return max(1, int(rows) // max(1, int(per_prompt)))
+
+
 def _open_results(out: Path, fingerprint: str, prompts: Sequence[Any]):
     """(results already in `out` by id, a writer appending to it), refusing another configuration's file."""
     from . import results
@@ -165,7 +172,8 @@ class RayWorkers:
 
     def __init__(self, policy: str | Path | None = None, reward: str | Path | None = None, workers: int = 2,
                  ray_address: str | None = None, gpus_per_worker: float = 0, device: str | None = None,
-                 cpus_per_worker: float | None = None, max_restarts: int = 2, max_replacements: int | None = None):
+                 cpus_per_worker: float | None = None, max_restarts: int = 2, max_replacements: int | None = None,
+                 start_timeout_s: float = 900):
         self.policy = _check_spec("policy", policy)
         self.reward = _check_spec("reward", reward)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
@@ -184,16 +192,25 @@ class RayWorkers:
             raise SecateursError(f"{workers} workers x {gpus_per_worker} GPUs need {workers * gpus_per_worker:g} "
                                  f"GPUs; the Ray cluster has {total_gpus:g}")
         if cpus_per_worker is None:
+            # An equal share of the CPUs free now (other jobs may hold some), at most one node's.
+            free_cpus = float(ray.available_resources().get("CPU", 0))
             node_cpus = max([float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")]
                             or [total_cpus])
-            if total_cpus >= workers:
-                cpus_per_worker = float(max(1, min(int(total_cpus // workers), int(node_cpus))))
-            else:  # more workers than cores: share them (fractional CPUs), one thread each
-                cpus_per_worker = max(0.01, math.floor(100 * total_cpus / workers) / 100)
+            if free_cpus >= workers:
+                cpus_per_worker = float(max(1, min(int(free_cpus // workers), int(node_cpus))))
+            elif free_cpus > 0:  # more workers than free cores: share them (fractional CPUs), one thread each
+                cpus_per_worker = max(0.01, math.floor(100 * free_cpus / workers) / 100)
+            else:  # a busy (or autoscaling) cluster: one CPU each, started when there is room
+                cpus_per_worker = 1.0
+        elif workers * cpus_per_worker > total_cpus and cpus_per_worker > max(
+                [float(n.get("Resources", {}).get("CPU", 0)) for n in ray.nodes() if n.get("Alive")] or [0]):
+            raise SecateursError(f"cpus_per_worker={cpus_per_worker:g}: no node of the Ray cluster has that many CPUs")
         self.cpus_per_worker = cpus_per_worker
         self.gpus_per_worker = gpus_per_worker
         self.workers = workers
         self.max_restarts = max_restarts
+        self.start_timeout_s = start_timeout_s
+        self._ready = False
         self.replacements_left = 2 * workers if max_replacements is None else max_replacements
         self.tag = f"{ACTOR_PREFIX}-{uuid.uuid4().hex[:8]}"
         self._started = 0
@@ -269,7 +286,17 @@ class RayWorkers:
         ray = self.ray
 
         # Every worker must agree on the configuration (same library version and models everywhere).
-        infos = self._get([a.describe.remote(method, config, seed) for a in self.actors])
+        refs = [a.describe.remote(method, config, seed) for a in self.actors]
+        if not self._ready:  # the first call waits for the workers to start (and load their models)
+            started, _ = ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout_s)
+            if len(started) < len(refs):
+                raise SecateursError(
+                    f"{len(refs) - len(started)} of {len(refs)} Ray workers did not start within "
+                    f"{self.start_timeout_s:g} s: the cluster may not have {self.cpus_per_worker:g} CPUs"
+                    + (f" and {self.gpus_per_worker:g} GPUs" if self.gpus_per_worker else "")
+                    + " free per worker (see `ray status`)")
+            self._ready = True
+        infos = self._get(refs)
         for info in infos:
             if "error" in info:
                 raise SecateursError(info["error"])
@@ -293,7 +320,7 @@ class RayWorkers:
             done, writer = {}, None
         todo = [p for p in prompt_list if p.id not in done]
         if shard_size is None:
-            shard_size = max(1, min(config.prompts_per_call(), math.ceil(len(todo) / (2 * len(self.actors)))))
+            shard_size = max(1, min(_prompts_per_batch(config), math.ceil(len(todo) / (2 * len(self.actors)))))
         queue = deque(todo[i:i + shard_size] for i in range(0, len(todo), shard_size))
         inflight: dict[Any, tuple[int, Any, list]] = {}
         load = [0] * len(self.actors)
@@ -356,7 +383,7 @@ def align_dataset(prompts: Any, method: str, config: DecodingConfig | dict | Non
                   policy: str | Path | None = None, reward: str | Path | None = None, seed: int = 0,
                   out: str | Path | None = None, workers: int = 2, ray_address: str | None = None,
                   gpus_per_worker: float = 0, device: str | None = None, progress: bool = False,
-                  shard_size: int | None = None,
+                  shard_size: int | None = None, cpus_per_worker: float | None = None,
                   on_results: Callable[[list[AlignResult]], Any] | None = None) -> list[AlignResult]:
     """Answer every prompt with `method` on `workers` Ray actors; one AlignResult per prompt, in order.
 
@@ -366,14 +393,18 @@ def align_dataset(prompts: Any, method: str, config: DecodingConfig | dict | Non
     packaged defaults); each worker loads them itself. out: a JSONL file, written by this process
     only, appended as shards finish and resumed from if it exists. ray_address: None starts a
     local Ray (or joins $RAY_ADDRESS), 'auto' or 'HOST:PORT' joins a running cluster.
+    cpus_per_worker: default, an equal share of the cluster's free CPUs (at most one node's);
+    each worker runs that many torch threads. shard_size: prompts per task (default: a few per
+    worker, at most one batch). on_results: called with each shard's new results as they arrive.
     Writes and returns exactly what `secateurs.align` with the same arguments would (costs' seconds
     aside); the file's lines are in the order shards finished.
     """
     from .api import resolve_prompts
 
+    _import_ray()  # without Ray: one line saying what to install, at once
     config = _resolve_config(method, config)  # bad options and prompts fail before Ray starts
     prompts = resolve_prompts(prompts)
     with RayWorkers(policy, reward, workers=workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
-                    device=device) as pool:
+                    device=device, cpus_per_worker=cpus_per_worker) as pool:
         return pool.run(prompts, method, config, seed=seed, out=out, progress=progress, shard_size=shard_size,
                         on_results=on_results)
