@@ -5,16 +5,14 @@ import math
 import pytest
 
 from secateurs.errors import SecateursError
-from secateurs.meter import Meter
 from secateurs.methods.args import ArgsConfig
-from secateurs.methods.cards import CardsConfig, cards, threshold, _PromptState
+from secateurs.methods.cards import CardsConfig, threshold
 from secateurs.methods.rejection_sampling import RejectionSamplingConfig
 from secateurs.methods.sampling import SamplingConfig
 from secateurs.policy import Policy
 from secateurs.prompts import make_prompts
 from secateurs.rewards import CallableReward, load_reward
 from secateurs.runner import run_prompts
-from secateurs.sampling import prompt_key
 
 PROMPTS = make_prompts(["how do i make tea", "give me a good tip for sleep", "what is green"])
 ALWAYS = CallableReward(lambda p, r: 1e6, name="always")
@@ -77,12 +75,10 @@ def test_cards_stops_at_eos_mid_segment(tiny_policy):
     stopping = Policy(tiny_policy.model, tiny_policy.tokenizer)
     stopping.stop_token_ids = frozenset(range(8, 60))
     config = CardsConfig(r_star=0.0, max_new_tokens=60, entropy_threshold=99.0, max_segment_tokens=64)
-    ids = [stopping.encode(p) for p in PROMPTS]
-    outcomes = cards(PROMPTS, ids, [prompt_key(0, p.id) for p in PROMPTS], stopping, ALWAYS, config,
-                     Meter(len(PROMPTS)))
-    for o in outcomes:
-        assert o.finish_reason == "eos" and o.response_ids[-1] in stopping.stop_token_ids
-        assert len(o.response_ids) < 60 and o.details["segments"] == 1
+    for r in run(stopping, ALWAYS, "cards", config):
+        ids = stopping.tokenizer(r.response)["input_ids"]
+        assert r.finish_reason == "eos" and r.response_tokens < 60 and r.details["segments"] == 1
+        assert not set(ids) & stopping.stop_token_ids  # the stop token ended it and is not in the text
 
 
 def test_parallel_proposals_agree_with_the_sequential_rule(tiny_policy):
@@ -102,11 +98,10 @@ def test_parallel_proposals_agree_with_the_sequential_rule(tiny_policy):
 
 
 def test_threshold_schedule():
-    state = _PromptState(r0=1.0, r_star=3.0)
-    assert threshold(state, 0, 100) == 1.0
-    assert threshold(state, 50, 100) == 2.0
-    assert threshold(state, 100, 100) == 3.0
-    assert threshold(state, 150, 100) == 3.0
+    assert threshold(1.0, 3.0, 0, 100) == 1.0
+    assert threshold(1.0, 3.0, 50, 100) == 2.0
+    assert threshold(1.0, 3.0, 100, 100) == 3.0
+    assert threshold(1.0, 3.0, 150, 100) == 3.0
 
 
 def test_cards_results_do_not_depend_on_batching(tiny_policy):
@@ -143,10 +138,10 @@ def test_args_picks_logit_plus_weighted_reward(tiny_policy):
     (CardsConfig, {"entropy_threshold": 0}, "entropy_threshold must be > 0"),
     (CardsConfig, {"min_segment_tokens": 8, "max_segment_tokens": 4}, "max_segment_tokens (4) must be an integer >= min_segment_tokens (8)"),
     (CardsConfig, {"acceptance": "maybe"}, "acceptance must be 'soft' or 'hard', got 'maybe'"),
-    (CardsConfig, {"beta": 0}, "beta must be > 0, got 0"),
+    (CardsConfig, {"beta": 0}, "beta must be a finite number > 0, got 0"),
     (CardsConfig, {"r_star": "high"}, "r_star must be a finite number or 'auto'"),
     (CardsConfig, {"max_retries": 0}, "max_retries must be an integer >= 1"),
-    (RejectionSamplingConfig, {"beta": -1}, "beta must be > 0"),
+    (RejectionSamplingConfig, {"beta": -1}, "beta must be a finite number > 0"),
     (ArgsConfig, {"top_k": 0}, "top_k must be >= 1"),
 ])
 def test_invalid_config_is_named(config, options, message):

@@ -70,10 +70,11 @@ def test_wrong_number_of_scores_is_an_error():
 
 
 def test_metered_score_counts_calls_and_tokens():
-    meter = Meter(2)
-    metered_score(CallableReward(lambda p, r: 1.0), meter, P, R, groups=[0, 1, 1])
-    assert [c.rm_calls for c in meter.costs] == [1, 2]
-    assert [c.rm_tokens for c in meter.costs] == [len(R[0].split()), len(R[1].split()) + len(R[2].split())]
+    meter = Meter()
+    meter.open("a"), meter.open("b")
+    metered_score(CallableReward(lambda p, r: 1.0), meter, P, R, groups=["a", "b", "b"])
+    assert [c.rm_calls for c in meter.costs.values()] == [1, 2]
+    assert [c.rm_tokens for c in meter.costs.values()] == [len(R[0].split()), len(R[1].split()) + len(R[2].split())]
 
 
 def test_packaged_scorers_rank_good_above_bad():

@@ -4,13 +4,12 @@ import pytest
 
 from secateurs.errors import SecateursError
 from secateurs.methods import BestOfNConfig, SpeculativeRejectionConfig
-from secateurs.meter import Meter
-from secateurs.methods.speculative_rejection import keep_count, speculative_rejection
-from secateurs.sampling import prompt_key
+from secateurs.methods.speculative_rejection import keep_count
 from secateurs.policy import Policy
 from secateurs.prompts import make_prompts
 from secateurs.rewards import load_reward
 from secateurs.runner import run_prompts
+from secateurs.backends.transformers import TransformersBackend
 
 PROMPTS = make_prompts(["how do i make tea", "give me a good tip for sleep", "what is green", "thank you kindly"])
 
@@ -55,8 +54,8 @@ def test_explicit_decision_schedule(tiny_policy, reward):
 
 
 def test_results_do_not_depend_on_prompts_in_flight(tiny_policy, reward):
-    one = sr(tiny_policy, reward, n=6, alpha=0.5, max_new_tokens=30, prompts_in_flight=1)
-    three = sr(tiny_policy, reward, n=6, alpha=0.5, max_new_tokens=30, prompts_in_flight=3)
+    one = sr(tiny_policy, reward, n=6, alpha=0.5, max_new_tokens=30, max_batch_rows=6)
+    three = sr(tiny_policy, reward, n=6, alpha=0.5, max_new_tokens=30, max_batch_rows=20)
     assert [r.response for r in one] == [r.response for r in three]
     assert [r.cost.tokens_generated for r in one] == [r.cost.tokens_generated for r in three]
 
@@ -77,15 +76,24 @@ def test_finished_candidates_are_never_extended(tiny_policy, reward):
     stopping = Policy(tiny_policy.model, tiny_policy.tokenizer)
     stopping.stop_token_ids = frozenset(range(8, 40))
     config = SpeculativeRejectionConfig(n=8, alpha=0.5, max_new_tokens=40)
-    ids = [stopping.encode(p) for p in PROMPTS]
-    outcomes = speculative_rejection(PROMPTS, ids, [prompt_key(0, p.id) for p in PROMPTS], stopping, reward,
-                                     config, Meter(len(PROMPTS)))
-    reasons = [o.finish_reason for o in outcomes]
-    assert "eos" in reasons
-    for o in outcomes:
-        stops = [i for i, t in enumerate(o.response_ids) if t in stopping.stop_token_ids]
-        assert stops == ([len(o.response_ids) - 1] if o.finish_reason == "eos" else [])
-        assert len(o.response_ids) <= 40
+    seen = []
+    original = TransformersBackend.step
+
+    def step(self, seqs, score=None):  # record what each step decodes
+        assert not any(s.finished for s in seqs), "a finished candidate was extended"
+        seen.extend(seqs)
+        return original(self, seqs, score)
+
+    TransformersBackend.step = step
+    try:
+        results = run_prompts(PROMPTS, "speculative-rejection", config, stopping, reward)
+    finally:
+        TransformersBackend.step = original
+    assert "eos" in [r.finish_reason for r in results]
+    for s in set(seen):
+        stops = [i for i, t in enumerate(s.tokens) if t in stopping.stop_token_ids]
+        assert stops == ([s.length - 1] if s.finish_reason == "eos" else [])
+        assert s.length <= 40
 
 
 def test_a_prompt_whose_candidates_all_finish_at_once_stops(tiny_policy, reward):

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import SecateursError
-from .methods import get_method
+from .config import build_config
 from .models import load_policy
 from .policy import Policy
 from .prompts import Prompt, load_prompts, looks_like_prompt_file, make_prompts
@@ -48,8 +48,7 @@ def align(prompts: Any, policy: str | Policy | None = None, reward: str | Reward
     secateurs.rewards), a Reward, or a function fn(prompt_text, response) -> float.
     options: the method's config fields, e.g. n=16, max_new_tokens=128, temperature=1.0.
     """
-    spec = get_method(method)
-    config = spec.config_class.from_options(options)  # bad options fail before any model loads
+    config = build_config(method, options)  # bad options fail before any model loads
     prompt_list = resolve_prompts(prompts)
     return run_prompts(prompt_list, method, config, load_policy(policy, device=device),
                        load_reward(reward, device=device), seed=seed, out=out, progress=progress)

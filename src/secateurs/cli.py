@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from .errors import SecateursError
+from .config import build_config, option_specs
 from .methods import get_method, method_names
 from .models import load_policy
 from .prompts import builtin_prompts, load_prompts
@@ -26,22 +27,16 @@ def _options(**values) -> dict:
     return {k: v for k, v in values.items() if v is not None}
 
 
-def _int_list(text: str | None, option: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return tuple(int(x) for x in text.split(","))
-    except ValueError:
-        raise SecateursError(f"{option} must be comma-separated integers, got {text!r}") from None
+def method_options(command):
+    """Add one --flag per method option (generated from the config dataclasses, secateurs.config)."""
+    for spec in reversed(list(option_specs().values())):
+        command = click.option(spec.flag, spec.name, default=None, metavar=_metavar(spec),
+                               help=spec.describe())(command)
+    return command
 
 
-def _r_star(text: str | None) -> float | str | None:
-    if text is None or text == "auto":
-        return text
-    try:
-        return float(text)
-    except ValueError:
-        raise SecateursError(f"--r-star must be a number or 'auto', got {text!r}") from None
+def _metavar(spec) -> str:
+    return {int: "INT", float: "FLOAT", tuple: "INT,INT,..."}.get(spec.kind, "TEXT")
 
 
 def _print_comparison(prompts, by_method: dict[str, list]) -> None:
@@ -74,14 +69,15 @@ def _print_summary(by_method: dict[str, list]) -> None:
 
 @click.group()
 @click.option("-v", "--verbose", is_flag=True, help="Log what the library does (model conversion, ...).")
-def cli(verbose: bool) -> None:
+@click.option("--debug", is_flag=True, help="Show the Python traceback of an error.")
+def cli(verbose: bool, debug: bool) -> None:
     """secateurs: decoding-time alignment of language models."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s")
 
 
 @cli.command()
 @click.option("--method", type=click.Choice(method_names()), default=None,
-              help=f"Alignment method. Without it, runs {' and '.join(DEMO_METHODS)} and prints them side by side.")
+              help=f"Alignment method. Without it, runs {', '.join(DEMO_METHODS)} and prints them side by side.")
 @click.option("--prompts", "prompts_path", type=click.Path(path_type=Path), default=None,
               help="JSONL file, one object per line with 'prompt' (string) or 'messages', and optional 'id' "
                    "(a .json list works too). Default: the built-in prompt set.")
@@ -92,57 +88,23 @@ def cli(verbose: bool) -> None:
                                              "Default: the packaged SmolLM2-135M-Instruct.")
 @click.option("--reward", default=None, help="Reward spec: default, relevance, civility, sentiment, hf:MODEL, "
                                              "py:MODULE:FUNCTION, or a weighted sum like relevance+0.5*civility.")
-@click.option("--n", type=int, default=None,
-              help="Best-of-N: samples per prompt [16]; speculative-rejection: initial candidates B0 [64].")
-@click.option("--alpha", type=float, default=None, help="speculative-rejection: rejection rate in [0, 1) [0.5].")
-@click.option("--kv-budget-tokens", type=int, default=None,
-              help="speculative-rejection: KV-cache tokens per prompt [n x (prompt + 16)].")
-@click.option("--memory-gib", type=float, default=None,
-              help="speculative-rejection: KV memory for the prompts in flight, instead of --kv-budget-tokens.")
-@click.option("--decision-tokens", default=None,
-              help="speculative-rejection: explicit response lengths to reject at, e.g. 16,32,64.")
-@click.option("--r-star", default=None,
-              help="cards / rejection-sampling: target reward, or 'auto' to calibrate it per prompt [auto].")
-@click.option("--beta", type=float, default=None,
-              help="cards / rejection-sampling: sampling and soft-acceptance temperature [0.7].")
-@click.option("--acceptance", default=None, help="cards / rejection-sampling: soft or hard [soft].")
-@click.option("--max-retries", type=int, default=None,
-              help="cards / rejection-sampling: rejections before the best seen is taken [20].")
-@click.option("--proposals", type=int, default=None,
-              help="cards [1] / rejection-sampling [4]: candidates proposed per prompt at once.")
-@click.option("--entropy-threshold", type=float, default=None, help="cards: segment-cut entropy, nats [3.0].")
-@click.option("--min-segment-tokens", type=int, default=None, help="cards: [4].")
-@click.option("--max-segment-tokens", type=int, default=None, help="cards: [64].")
-@click.option("--weight", type=float, default=None, help="args: reward weight w [1.5].")
-@click.option("--max-new-tokens", type=int, default=None, help="Response length limit [128].")
-@click.option("--temperature", type=float, default=None, help="Sampling temperature [1.0].")
-@click.option("--top-k", type=int, default=None, help="Top-k filter, 0 = off [50].")
-@click.option("--top-p", type=float, default=None, help="Nucleus filter [1.0].")
-@click.option("--max-batch-rows", type=int, default=None, help="Rows decoded together [64].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available].")
 @click.option("--quiet", is_flag=True, help="No progress bar and no per-prompt printout.")
-def run(method, prompts_path, out, policy, reward, n, alpha, kv_budget_tokens, memory_gib, decision_tokens,
-        r_star, beta, acceptance, max_retries, proposals, entropy_threshold, min_segment_tokens,
-        max_segment_tokens, weight, max_new_tokens, temperature, top_k, top_p, max_batch_rows, seed, device,
-        quiet) -> None:
-    """Align the answers to a set of prompts and write one JSON line per prompt."""
+@method_options
+def run(method, prompts_path, out, policy, reward, seed, device, quiet, **options) -> None:
+    """Align the answers to a set of prompts and write one JSON line per prompt.
+
+    Method options apply to the methods named in their help; an option given for a method that
+    does not take it is an error.
+    """
     methods = [method] if method else list(DEMO_METHODS)
-    common = _options(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                      max_batch_rows=max_batch_rows)
-    specific = _options(n=n, alpha=alpha, kv_budget_tokens=kv_budget_tokens, memory_gib=memory_gib,
-                        decision_tokens=_int_list(decision_tokens, "--decision-tokens"),
-                        r_star=_r_star(r_star), beta=beta, acceptance=acceptance, max_retries=max_retries,
-                        proposals=proposals, entropy_threshold=entropy_threshold,
-                        min_segment_tokens=min_segment_tokens, max_segment_tokens=max_segment_tokens, weight=weight)
+    given = _options(**options)
     configs = {}
     for m in methods:
-        fields = get_method(m).config_class.__dataclass_fields__
-        for name in specific:
-            if name not in fields and method is not None:
-                raise SecateursError(f"--{name.replace('_', '-')} does not apply to method {m!r}")
-        options = dict(common, **{k: v for k, v in specific.items() if k in fields})
-        configs[m] = get_method(m).config_class.from_options(options)
+        known = get_method(m).config_class.__dataclass_fields__
+        # Without --method, each demo method takes the options that apply to it.
+        configs[m] = build_config(m, given if method else {k: v for k, v in given.items() if k in known})
     prompts = load_prompts(prompts_path) if prompts_path else builtin_prompts()
     if method:
         outs = {method: out or Path("secateurs-out") / f"{method}.jsonl"}
@@ -227,21 +189,37 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
 
 
 def main() -> None:
+    """Exit status: 0 done, 2 bad input (one line naming it; a reward that raises or returns a non-number
+    counts as bad input, as the user's reward spec is what must change), 1 an unexpected failure (one line),
+    130 interrupted (finished results are kept; the same command resumes). --debug shows tracebacks."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress bar is the one that matters
+    debug = "--debug" in sys.argv[1:]
     try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # our own progress bar is the one that matters
         cli(standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("interrupted: finished results are kept; run the same command again to resume", err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
     except SecateursError as e:
+        if debug:
+            raise
         click.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except MemoryError:
+        if debug:
+            raise
+        click.echo("error: out of memory; lower --max-batch-rows or --n", err=True)
+        sys.exit(1)
+    except Exception as e:  # noqa: BLE001 - the last line of defence: one line, the traceback with --debug
+        if debug:
+            raise
+        click.echo(f"error: {type(e).__name__}: {e} (run with --debug for the traceback)", err=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

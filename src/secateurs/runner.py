@@ -29,6 +29,22 @@ def run_fingerprint(method: str, config: DecodingConfig, policy: Policy, reward:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+def result_of(request: Request, policy: Policy, reward: Reward, fingerprint: str = "") -> AlignResult:
+    """The AlignResult of a finished request."""
+    p, o = request.prompt, request.outcome
+    return AlignResult(id=p.id, prompt=p.to_json(), response=o.response, reward=o.reward, method=request.method,
+                       config=request.config.to_dict(), seed=request.seed, policy=policy.name,
+                       reward_model=reward.name, finish_reason=o.finish_reason, response_tokens=len(o.response_ids),
+                       cost=request.cost, details=o.details, run_fingerprint=fingerprint)
+
+
+def encode_prompt(policy: Policy, prompt: Prompt, config: DecodingConfig) -> list[int]:
+    """The prompt's token ids, checked against the policy's context."""
+    ids = policy.encode(prompt)
+    policy.check_fits(prompt, len(ids), config.max_new_tokens)
+    return ids
+
+
 def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, policy: Policy, reward: Reward,
                 seed: int = 0, out: str | Path | None = None, progress: bool = False,
                 on_results: Callable[[list[AlignResult]], Any] | None = None,
@@ -44,9 +60,7 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     # Check every prompt before any generation, so a bad one fails the run at once.
     encoded = {}
     for p in prompts:
-        ids = policy.encode(p)
-        policy.check_fits(p, len(ids), config.max_new_tokens)
-        encoded[p.id] = ids
+        encoded[p.id] = encode_prompt(policy, p, config)
     fingerprint = run_fingerprint(method, config, policy, reward, seed)
     done = read_results(Path(out), fingerprint, encoded) if out is not None else {}
     todo = [p for p in prompts if p.id not in done]
@@ -57,11 +71,8 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     requests = [Request(p, encoded[p.id], method, config, seed, prompt_key(seed, p.id)) for p in todo]
     try:
         for request in scheduler.run(requests):
-            p, o = request.prompt, request.outcome
-            result = AlignResult(id=p.id, prompt=p.to_json(), response=o.response, reward=o.reward, method=method,
-                                 config=config.to_dict(), seed=seed, policy=policy.name, reward_model=reward.name,
-                                 finish_reason=o.finish_reason, response_tokens=len(o.response_ids),
-                                 cost=request.cost, details=o.details, run_fingerprint=fingerprint)
+            result = result_of(request, policy, reward, fingerprint)
+            p = request.prompt
             if writer is not None:
                 writer.write([result])
             done[p.id] = result

@@ -53,6 +53,7 @@ class Request:
     outcome: Any = None
     cost: Cost | None = None
     cancelled: bool = False
+    error: BaseException | None = None  # why it failed (async submissions)
 
     @property
     def idle(self) -> bool:

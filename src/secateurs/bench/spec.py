@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SecateursError
+from ..config import build_config, option_specs
 from ..methods import get_method
 
 
@@ -55,8 +56,21 @@ def parse_method_spec(spec: str) -> list[Cell]:
         key, eq, values = part.partition("=")
         if not eq or not key or not values:
             raise SecateursError(f"bad method spec {spec!r}: expected METHOD:KEY=V1,V2[:KEY=...], got part {part!r}")
-        grid.append((key.replace("-", "_"), [_parse_value(v) for v in values.split(",")]))
+        key = key.replace("-", "_")
+        if _is_list_option(key):  # a list-valued option (decision_tokens): grid values are separated by '/'
+            grid.append((key, [tuple(int(x) for x in v.split(",")) if _ints(v) else v for v in values.split("/")]))
+        else:
+            grid.append((key, [_parse_value(v) for v in values.split(",")]))
     return expand(method, grid)
+
+
+def _is_list_option(key: str) -> bool:
+    spec = option_specs().get(key)
+    return spec is not None and spec.kind is tuple
+
+
+def _ints(text: str) -> bool:
+    return all(x.strip().lstrip("-").isdigit() for x in text.split(","))
 
 
 def expand(method: str, grid: list[tuple[str, list[Any]]]) -> list[Cell]:
@@ -76,7 +90,13 @@ def cells_from_yaml(entries: list) -> list[Cell]:
             params = params or {}
             if not isinstance(params, dict):
                 raise SecateursError(f"method {method!r}: options must be a mapping, got {params!r}")
-            grid = [(k.replace("-", "_"), v if isinstance(v, list) else [v]) for k, v in params.items()]
+            grid = []
+            for k, v in params.items():
+                k = k.replace("-", "_")
+                if _is_list_option(k):  # [4, 8] is one value; [[4, 8], [8, 16]] a grid of two
+                    v = [tuple(x) if isinstance(x, list) else x for x in v] if isinstance(v, list) and v and \
+                        all(isinstance(x, list) for x in v) else [tuple(v) if isinstance(v, list) else v]
+                grid.append((k, v if isinstance(v, list) else [v]))
             cells += expand(method, grid)
         else:
             raise SecateursError(f"bad methods entry {entry!r}: use 'METHOD' or {{METHOD: {{KEY: [VALUES]}}}}")
@@ -102,15 +122,11 @@ class BenchSpec:
         """Each cell's validated config; raises on an unknown method, option or bad value."""
         out = {}
         for cell in self.cells:
-            method = get_method(cell.method)
-            fields = method.config_class.__dataclass_fields__
+            fields = get_method(cell.method).config_class.__dataclass_fields__
             options = {k: v for k, v in self.common.items() if k in fields}
-            for key, value in cell.options:
-                if key not in fields:
-                    raise SecateursError(f"unknown option {key!r} for method {cell.method!r}; it takes {sorted(fields)}")
-                options[key] = tuple(value) if isinstance(value, list) else value
+            options.update(cell.options)
             try:
-                out[cell.name] = method.config_class.from_options(options)
+                out[cell.name] = build_config(cell.method, options)
             except SecateursError as e:
                 raise SecateursError(f"{cell.name}: {e}") from None
         return out

@@ -87,6 +87,11 @@ class SegmentCutter:
         return stop
 
 
+def threshold(r0: float, r_star: float, length: int, max_new_tokens: int) -> float:
+    """tau_r(t): rises linearly from r0 to r_star over max_new_tokens."""
+    return min(r0 + length * (r_star - r0) / max_new_tokens, r_star)
+
+
 @dataclass
 class _Best:
     score: float
@@ -115,17 +120,14 @@ class Cards(TargetedPolicy):
         for s in self.slots:
             s.tags["segment_start"] = 0
 
-    def threshold(self, length: int) -> float:
-        """tau_r(t): rises linearly from r0 to r_star over max_new_tokens."""
-        return min(self.r0 + length * (self.r_star - self.r0) / self.config.max_new_tokens, self.r_star)
-
     def on_result(self, stopped) -> None:
         """Every proposal's segment has ended and been scored (with the accepted prefix)."""
         config, ctx = self.config, self.ctx
         winner = None
         for s in self.slots:  # the first accepted proposal, in order, wins
             self.checks += 1
-            if accepts(s.reward, self.threshold(s.length), config, ctx.key, self.checks):
+            if accepts(s.reward, threshold(self.r0, self.r_star, s.length, config.max_new_tokens), config, ctx.key,
+                       self.checks):
                 winner = s
                 break
             self.retries += 1
