@@ -15,7 +15,7 @@ from .methods import get_method
 from .methods.base import DecodingConfig
 from .policy import Policy
 from .prompts import Prompt
-from .results import AlignResult, ResultWriter, read_results
+from .results import AlignResult, open_results
 from .rewards import Reward
 from .sampling import prompt_key
 from .scheduler import Request, Scheduler, SchedulerStats
@@ -35,7 +35,8 @@ def result_of(request: Request, policy: Policy, reward: Reward, fingerprint: str
     return AlignResult(id=p.id, prompt=p.to_json(), response=o.response, reward=o.reward, method=request.method,
                        config=request.config.to_dict(), seed=request.seed, policy=policy.name,
                        reward_model=reward.name, finish_reason=o.finish_reason, response_tokens=len(o.response_ids),
-                       cost=request.cost, details=o.details, run_fingerprint=fingerprint)
+                       cost=request.cost, details=o.details, run_fingerprint=fingerprint,
+                       prompt_fingerprint=p.fingerprint)
 
 
 def encode_prompt(policy: Policy, prompt: Prompt, config: DecodingConfig) -> list[int]:
@@ -62,9 +63,9 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     for p in prompts:
         encoded[p.id] = encode_prompt(policy, p, config)
     fingerprint = run_fingerprint(method, config, policy, reward, seed)
-    done = read_results(Path(out), fingerprint, encoded) if out is not None else {}
+    # Locks the output, refuses a foreign file, another configuration or changed prompts.
+    done, writer = open_results(Path(out), fingerprint, prompts) if out is not None else ({}, None)
     todo = [p for p in prompts if p.id not in done]
-    writer = ResultWriter(Path(out)) if out is not None else None
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=label or method, unit="prompt",
                disable=not progress, dynamic_ncols=True)
     scheduler = Scheduler(TransformersBackend(policy), reward, config.max_batch_rows)
