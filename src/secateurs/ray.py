@@ -53,6 +53,14 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _usable_cpus() -> int:
+    """Cores this process may run on (its affinity: taskset, a Slurm allocation), else all."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _init_ray(ray, address: str | None) -> None:
     """Connect to `address` ('auto', 'HOST:PORT', 'ray://HOST:10001'), or start a local Ray on this
     machine's cores; nothing if Ray is already initialised in this process."""
@@ -64,7 +72,7 @@ def _init_ray(ray, address: str | None) -> None:
         elif os.environ.get("RAY_ADDRESS"):
             ray.init(logging_level=logging.WARNING)
         else:
-            ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, logging_level=logging.WARNING)
+            ray.init(num_cpus=_usable_cpus(), include_dashboard=False, logging_level=logging.WARNING)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
         where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
         raise SecateursError(f"cannot start or reach Ray at {where}: {_first_line(e)}") from None
@@ -123,8 +131,10 @@ class _Worker:
             return {"error": self.error}
         from .runner import run_fingerprint
 
+        from . import __version__
+
         return {"fingerprint": run_fingerprint(method, config, self.policy, self.reward, seed),
-                "policy": self.policy.name, "reward": self.reward.name}
+                "policy": self.policy.name, "reward": self.reward.name, "version": __version__}
 
     def check(self, prompts: Sequence[Any], max_new_tokens: int) -> int:
         """Every prompt encodes and fits the policy's context (as a local run checks before generating)."""
@@ -300,6 +310,12 @@ class RayWorkers:
         for info in infos:
             if "error" in info:
                 raise SecateursError(info["error"])
+        from . import __version__
+
+        versions = sorted({info["version"] for info in infos} - {__version__})
+        if versions:
+            raise SecateursError(f"Ray workers run secateurs {', '.join(versions)} but this process runs "
+                                 f"{__version__}: install the same version on every node")
         fingerprints = {info["fingerprint"] for info in infos}
         if len(fingerprints) > 1:
             raise SecateursError("Ray workers disagree on the configuration fingerprint (different secateurs "
