@@ -164,3 +164,24 @@ def test_every_method_runs_and_resumes_from_the_cli(tiny_policy_folder, tmp_path
 def test_bad_method_options_are_named(tiny_policy_folder, tmp_path, args, message):
     result = invoke("run", "--policy", tiny_policy_folder, "--quiet", "--out", tmp_path / "o.jsonl", *args)
     assert result.exit_code != 0 and message in str(result.exception)
+
+
+def test_shards_then_merge_equal_one_run(tiny_policy_folder, tmp_path):
+    prompts = write_jsonl(tmp_path / "p.jsonl", PROMPTS[:5])
+    common = base_args(tiny_policy_folder, tmp_path, "--prompts", prompts)
+    assert invoke(*common, "--out", tmp_path / "all.jsonl").exit_code == 0
+    for i in range(2):
+        assert invoke(*common, "--shard", f"{i}/2", "--out", tmp_path / f"s{i}.jsonl").exit_code == 0
+    assert len(read_out(tmp_path / "s0.jsonl")) == 3 and len(read_out(tmp_path / "s1.jsonl")) == 2
+    result = invoke("merge", tmp_path / "s0.jsonl", tmp_path / "s1.jsonl", "--out", tmp_path / "merged.jsonl")
+    assert result.exit_code == 0, result.output
+    merged = {r["id"]: r for r in read_out(tmp_path / "merged.jsonl")}
+    single = {r["id"]: r for r in read_out(tmp_path / "all.jsonl")}
+    assert merged.keys() == single.keys()
+    for k in single:
+        assert (merged[k]["response"], merged[k]["reward"]) == (single[k]["response"], single[k]["reward"])
+    other = base_args(tiny_policy_folder, tmp_path, "--prompts", prompts, "--seed", "1")
+    assert invoke(*other, "--shard", "1/2", "--out", tmp_path / "t1.jsonl").exit_code == 0
+    bad = invoke("merge", tmp_path / "s0.jsonl", tmp_path / "t1.jsonl", "--out", tmp_path / "mixed.jsonl")
+    assert bad.exit_code != 0 and not (tmp_path / "mixed.jsonl").exists()
+    assert invoke(*common, "--shard", "2/2").exit_code != 0

@@ -91,8 +91,16 @@ def cli(verbose: bool, debug: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available].")
 @click.option("--quiet", is_flag=True, help="No progress bar and no per-prompt printout.")
+@click.option("--shard", default=None, metavar="I/N",
+              help="Run only slice I of N of the prompts (round-robin by position; e.g. a Slurm array task); "
+                   "join the outputs with `secateurs merge`.")
+@click.option("--ray", "use_ray", is_flag=True, help="Run on a Ray cluster (pip install 'secateurs[ray]').")
+@click.option("--ray-address", default=None, help="Ray cluster to join: auto or HOST:PORT [start a local Ray].")
+@click.option("--workers", type=int, default=None, help="--ray: worker actors [2].")
+@click.option("--gpus-per-worker", type=float, default=None, help="--ray: GPUs per worker [0].")
 @method_options
-def run(method, prompts_path, out, policy, reward, seed, device, quiet, **options) -> None:
+def run(method, prompts_path, out, policy, reward, seed, device, quiet, shard, use_ray, ray_address, workers,
+        gpus_per_worker, **options) -> None:
     """Align the answers to a set of prompts and write one JSON line per prompt.
 
     Method options apply to the methods named in their help; an option given for a method that
@@ -105,7 +113,30 @@ def run(method, prompts_path, out, policy, reward, seed, device, quiet, **option
         known = get_method(m).config_class.__dataclass_fields__
         # Without --method, each demo method takes the options that apply to it.
         configs[m] = build_config(m, given if method else {k: v for k, v in given.items() if k in known})
+    if not use_ray and (ray_address or workers is not None or gpus_per_worker is not None):
+        raise SecateursError("--ray-address, --workers and --gpus-per-worker need --ray")
+    if use_ray and not method:
+        raise SecateursError("--ray needs --method")
+    if use_ray:
+        from .ray import _import_ray
+
+        _import_ray()  # without Ray: one line saying what to install, before anything loads
     prompts = load_prompts(prompts_path) if prompts_path else builtin_prompts()
+    if shard is not None:
+        from .shard import select_shard
+
+        prompts = select_shard(prompts, shard)
+    if use_ray:
+        from .ray import align_dataset
+
+        target = out or Path("secateurs-out") / f"{method}.jsonl"
+        results = align_dataset(prompts, method, configs[method], policy=policy, reward=reward, seed=seed,
+                                out=target, workers=workers or 2, ray_address=ray_address,
+                                gpus_per_worker=gpus_per_worker or 0, device=device, progress=not quiet)
+        if not quiet:
+            click.echo(f"{method}: {len(prompts)} results in {target}", err=True)
+            _print_summary({method: results})
+        return
     if method:
         outs = {method: out or Path("secateurs-out") / f"{method}.jsonl"}
     else:
@@ -186,6 +217,17 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
         click.echo(f"{c['name']:36s} {c['reward']['value']:8.3f} {c['seconds']['value']:8.2f} "
                    f"{c['lm_tokens']:10.0f} {c['rm_calls']:9.1f}")
     click.echo(f"report: {spec.out / 'report.html'}")
+
+
+@cli.command()
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="The joined JSONL.")
+def merge(inputs, out) -> None:
+    """Join the outputs of `secateurs run --shard I/N` (refusing slices of different configurations)."""
+    from .merge import merge_results
+
+    count = merge_results(inputs, out)
+    click.echo(f"{count} results in {out}", err=True)
 
 
 def main() -> None:
