@@ -87,11 +87,11 @@ def main() -> None:
         options["n"] = args.n
     config = get_method(args.method).config_class(**options)
     out_dir = Path(tempfile.mkdtemp(prefix="secateurs-ray-bench-"))
+    torch.set_num_threads(args.local_threads or torch.get_num_threads())
     print(f"{len(prompts)} prompts from {args.data}, {args.method} {options}, seed {args.seed}, "
           f"policy {args.policy or 'default'}, reward {args.reward or 'default'}; {os.cpu_count()} CPU cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads locally); outputs in {out_dir}")
 
-    torch.set_num_threads(args.local_threads or torch.get_num_threads())
     start = time.perf_counter()
     policy, reward = load_policy(args.policy, device=args.device), load_reward(args.reward, device=args.device)
     loaded = time.perf_counter()
