@@ -152,6 +152,13 @@ class _Worker:
         return run_prompts(prompts, method, config, self.policy, self.reward, seed=seed)
 
 
+def _user_paths() -> list[str]:
+    """The driver's own import folders (its script's, $PYTHONPATH's, the working directory), not the
+    installation's: where a py:MODULE:FUNCTION reward may live."""
+    installed = ("site-packages", "dist-packages", f"lib{os.sep}python")
+    return [p for p in [os.getcwd(), *sys.path] if p and not p.endswith(".zip") and not any(m in p for m in installed)]
+
+
 def _prompts_per_batch(config: DecodingConfig) -> int:
     """Prompts whose rows fill one batch (`max_batch_rows`): a shard of fewer leaves rows idle."""
     rows = getattr(config, "max_batch_rows", 64)
@@ -235,7 +242,7 @@ class RayWorkers:
             name=name, num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
             max_restarts=self.max_restarts, max_task_retries=self.max_restarts,
         ).remote(self.policy, self.reward, self.device, max(1, int(self.cpus_per_worker)), os.getcwd(),
-                 [p for p in sys.path if p])
+                 _user_paths())
 
     def _replace(self, slot: int, actor, error: BaseException) -> None:
         if self.actors[slot] is not actor:  # already replaced (it had several shards in flight)
