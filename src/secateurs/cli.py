@@ -19,7 +19,10 @@ from .prompts import builtin_prompts, load_prompts
 from .rewards import load_reward
 from .runner import run_prompts
 
-DEMO_METHODS = ("sampling", "best-of-n")
+# The built-in comparison (`secateurs run` with no --method): the unaligned baseline, Best-of-N and the
+# two methods this library exists for, each with the paper's defaults except the sample budget, which
+# is the same 16 for Best-of-N and Speculative Rejection so their costs compare directly.
+DEMO_METHODS = {"sampling": {}, "best-of-n": {"n": 16}, "speculative-rejection": {"n": 16}, "cards": {}}
 
 
 def _options(**values) -> dict:
@@ -56,15 +59,24 @@ def _print_comparison(prompts, by_method: dict[str, list]) -> None:
 
 
 def _print_summary(by_method: dict[str, list]) -> None:
-    click.echo(f"{'method':20s} {'mean reward':>12s} {'LM tokens':>10s} {'LM calls':>9s} {'RM calls':>9s} "
-               f"{'seconds':>8s}")
+    reference = by_method.get("best-of-n")
+    ref_cost = _total(reference) if reference else None
+    click.echo(f"{'method':22s} {'mean reward':>11s} {'LM tokens':>10s} {'LM calls':>9s} {'RM calls':>9s} "
+               f"{'seconds':>8s}" + ("   vs best-of-n: LM tokens, seconds" if ref_cost else ""))
     for method, results in by_method.items():
-        n = len(results)
-        total = results[0].cost
-        for r in results[1:]:
-            total = total + r.cost
-        click.echo(f"{method:20s} {sum(r.reward for r in results) / n:12.3f} {total.lm_tokens:10d} "
-                   f"{total.lm_forward_calls:9d} {total.rm_calls:9d} {total.seconds:8.1f}")
+        total = _total(results)
+        line = (f"{method:22s} {sum(r.reward for r in results) / len(results):11.3f} {total.lm_tokens:10d} "
+                f"{total.lm_forward_calls:9d} {total.rm_calls:9d} {total.seconds:8.1f}")
+        if ref_cost:
+            line += f"   {total.lm_tokens / max(1, ref_cost.lm_tokens):8.2f}x {total.seconds / ref_cost.seconds:8.2f}x"
+        click.echo(line)
+
+
+def _total(results):
+    total = results[0].cost
+    for r in results[1:]:
+        total = total + r.cost
+    return total
 
 
 @click.group()
@@ -111,8 +123,9 @@ def run(method, prompts_path, out, policy, reward, seed, device, quiet, shard, u
     configs = {}
     for m in methods:
         known = get_method(m).config_class.__dataclass_fields__
-        # Without --method, each demo method takes the options that apply to it.
-        configs[m] = build_config(m, given if method else {k: v for k, v in given.items() if k in known})
+        # Without --method, each demo method takes its demo settings and the options that apply to it.
+        configs[m] = build_config(m, given if method else
+                                  {**DEMO_METHODS[m], **{k: v for k, v in given.items() if k in known}})
     if not use_ray and (ray_address or workers is not None or gpus_per_worker is not None):
         raise SecateursError("--ray-address, --workers and --gpus-per-worker need --ray")
     if use_ray and not method:
@@ -195,7 +208,7 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
         known = {"prompts", "methods", "out", "policy", "reward", "gold_reward", "reference", "tie_margin",
                  "max_new_tokens", "seed", "bootstrap"}
         if set(data) - known:
-            raise SecateursError(f"--config: unknown keys {sorted(set(data) - known)}; known: {sorted(known)}")
+            raise SecateursError(f"--config: unknown keys {sorted(map(str, set(data) - known))}; known: {sorted(known)}")
     specs = [m for m in (first_method, *more_methods) if m]
     cells = [c for m in specs for c in parse_method_spec(m)] if specs else cells_from_yaml(data.get("methods") or [])
 
@@ -203,10 +216,11 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
         return cli_value if cli_value is not None else data.get(key, default)
 
     spec = BenchSpec(
-        prompts=pick(prompts_path, "prompts"), cells=cells, out=Path(pick(out, "out", "secateurs-bench")),
+        # Settings are checked by type in BenchSpec (a YAML `seed: abc` is named there).
+        prompts=pick(prompts_path, "prompts"), cells=cells, out=pick(out, "out", "secateurs-bench"),
         policy=pick(policy, "policy"), reward=pick(reward, "reward"), gold_reward=pick(gold_reward, "gold_reward"),
-        reference=pick(reference, "reference"), tie_margin=float(pick(tie_margin, "tie_margin", 0.01)),
-        seed=int(pick(seed, "seed", 0)), bootstrap=int(pick(bootstrap, "bootstrap", 1000)),
+        reference=pick(reference, "reference"), tie_margin=pick(tie_margin, "tie_margin", 0.01),
+        seed=pick(seed, "seed", 0), bootstrap=pick(bootstrap, "bootstrap", 1000),
         common=_options(max_new_tokens=pick(max_new_tokens, "max_new_tokens")),
         command="secateurs bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
     )
