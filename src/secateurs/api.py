@@ -11,44 +11,65 @@ from .errors import SecateursError
 from .config import build_config
 from .models import load_policy
 from .policy import Policy
-from .prompts import Prompt, load_prompts, looks_like_prompt_file, make_prompts
+from .prompts import (Prompt, is_hf_dataset, load_prompts, looks_like_prompt_source, make_prompts,
+                      prompts_from_rows)
 from .results import AlignResult
 from .rewards import Reward, load_reward
 from .runner import run_prompts
 
 
-def resolve_prompts(prompts: Any) -> list[Prompt]:
-    """A prompt file path, one prompt (a string, a messages list given inside a list, a dict with
-    'prompt' / 'messages', a Prompt), or a list of prompts.
+def resolve_prompts(prompts: Any, *, prompt_field: str | None = None, messages_field: str | None = None,
+                    id_field: str | None = None, split: str | None = None) -> list[Prompt]:
+    """A prompt source, one prompt, or a list of prompts, as a list of Prompts.
 
-    A string that names a prompt file (ends with .jsonl, .json, .parquet, .csv or .arrow and looks
-    like a path) is read as one; if there is no such file, that is an error rather than a prompt."""
-    if isinstance(prompts, os.PathLike):
-        return load_prompts(prompts)
+    A source: a path (os.PathLike), a `datasets.Dataset` / `DatasetDict`, or a string that names one:
+    a prompt file (ends with .jsonl, .json, .parquet, .arrow, .csv or .tsv and looks like a path; if
+    there is no such file, that is an error rather than a prompt), "hf:owner/name" (a Hub dataset from
+    the local cache), or an existing folder written as a path ("./data/alpaca"). Sources are read by
+    `load_prompts`, which documents the keywords. Given any of the keywords, a string is always taken
+    as a source (a Hub name such as "tatsu-lab/alpaca_eval" may then go without "hf:").
+    One prompt: a string, a messages list given inside a list, a dict with 'prompt' / 'messages', a
+    Prompt. A list of prompts: of those; with prompt_field / messages_field / id_field, its dicts are
+    read as rows of a table (see `load_prompts`)."""
+    fields = dict(prompt_field=prompt_field, messages_field=messages_field, id_field=id_field)
+    given = any(v is not None for v in fields.values()) or split is not None
+    if is_hf_dataset(prompts) or isinstance(prompts, os.PathLike):
+        return load_prompts(prompts, split=split, **fields)
     if isinstance(prompts, str):
-        if looks_like_prompt_file(prompts):
-            return load_prompts(prompts.strip())
+        if given or looks_like_prompt_source(prompts):
+            return load_prompts(prompts.strip(), split=split, **fields)
         return make_prompts([prompts])
+    if split is not None:
+        raise SecateursError(f"split={split!r} is for dataset folders, Hub datasets and DatasetDicts; "
+                             f"prompts given as {type(prompts).__name__} have no splits")
     if isinstance(prompts, (Prompt, dict)):
-        return make_prompts([prompts])
+        prompts = [prompts]
     if isinstance(prompts, (bytes, bytearray)) or not isinstance(prompts, Iterable):
-        raise SecateursError(f"prompts must be a prompt file path, a string, a dict, or a list of prompts; "
-                             f"got {type(prompts).__name__}")
+        raise SecateursError(f"prompts must be a prompt file path, a string, a dict, a datasets.Dataset, or a list "
+                             f"of prompts; got {type(prompts).__name__}")
+    if given:
+        return prompts_from_rows(list(prompts), "prompts", where=lambda i: f"prompt {i}", **fields)
     return make_prompts(prompts)
 
 
 def align(prompts: Any, policy: str | Policy | None = None, reward: str | Reward | Any = None,
           method: str = "best-of-n", seed: int = 0, out: str | Path | None = None, progress: bool = False,
-          device: str | None = None, **options: Any) -> list[AlignResult]:
+          device: str | None = None, *, prompt_field: str | None = None, messages_field: str | None = None,
+          id_field: str | None = None, split: str | None = None, **options: Any) -> list[AlignResult]:
     """Answer each prompt with `method` and return one AlignResult per prompt (response, reward, config,
     seed and cost).
 
     policy: None for the packaged offline default, a Hugging Face model id or folder, a .gguf file, or
     a loaded Policy. reward: None for the offline default, a spec such as "hf:Skywork/..." (see
     secateurs.rewards), a Reward, or a function fn(prompt_text, response) -> float.
+    prompts: a prompt, a list of prompts, a prompt file / dataset folder path, "hf:owner/name" (a Hub
+    dataset from the local cache), or a `datasets.Dataset` / `DatasetDict` (see resolve_prompts).
+    prompt_field, messages_field, id_field, split: which fields (and split) of a table or dataset
+    hold the prompt, the conversation and the id (see secateurs.load_prompts).
     options: the method's config fields, e.g. n=16, max_new_tokens=128, temperature=1.0.
     """
     config = build_config(method, options)  # bad options fail before any model loads
-    prompt_list = resolve_prompts(prompts)
+    prompt_list = resolve_prompts(prompts, prompt_field=prompt_field, messages_field=messages_field,
+                                  id_field=id_field, split=split)
     return run_prompts(prompt_list, method, config, load_policy(policy, device=device),
                        load_reward(reward, device=device), seed=seed, out=out, progress=progress)
