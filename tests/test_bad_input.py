@@ -48,8 +48,8 @@ def test_strings_that_mention_a_file_are_still_prompts(tmp_path):
 
 def test_unsupported_prompt_file_types_are_named(tmp_path):
     path = tmp_path / "prompts.parquet"
-    path.write_bytes(b"PAR1\x00\x15")
-    with pytest.raises(SecateursError, match=r"\.parquet files are not supported"):
+    path.write_bytes(b"PAR1\x00\x15")  # a corrupt Parquet file: named, with the reader's reason
+    with pytest.raises(SecateursError, match=r"cannot read prompt file .*prompts\.parquet' as parquet"):
         resolve_prompts(str(path))
 
 

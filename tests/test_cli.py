@@ -185,3 +185,21 @@ def test_shards_then_merge_equal_one_run(tiny_policy_folder, tmp_path):
     bad = invoke("merge", tmp_path / "s0.jsonl", tmp_path / "t1.jsonl", "--out", tmp_path / "mixed.jsonl")
     assert bad.exit_code != 0 and not (tmp_path / "mixed.jsonl").exists()
     assert invoke(*common, "--shard", "2/2").exit_code != 0
+
+
+def test_prompts_from_a_parquet_file_with_a_field_template(tiny_policy_folder, tmp_path):
+    import datasets
+
+    path = tmp_path / "alpaca.parquet"
+    datasets.Dataset.from_list([{"uid": "a", "instruction": "make tea", "input": "green"},
+                                {"uid": "b", "instruction": "say thank you", "input": ""}]).to_parquet(str(path))
+    out = tmp_path / "out.jsonl"
+    args = ["run", "--method", "sampling", "--policy", tiny_policy_folder, "--reward", "sentiment", "--quiet",
+            "--max-new-tokens", "4", "--prompts", path, "--prompt-field", r"{instruction}\n\n{input}",
+            "--id-field", "uid", "--out", out]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    got = {r["id"]: r["prompt"] for r in read_out(out)}
+    assert got == {"a": "make tea\n\ngreen", "b": "say thank you"}
+    missing = invoke(*args[:-2], "--out", tmp_path / "o2.jsonl", "--id-field", "nope")
+    assert missing.exit_code != 0 and "uid" in str(missing.exception)  # names the fields that exist

@@ -49,3 +49,28 @@ def test_a_gguf_file_path_loads_through_the_same_cached_conversion(policy):
         torch.testing.assert_close(by_path.model(ids).logits, policy.model(ids).logits)
     with pytest.raises(SecateursError, match="GGUF file '/no/such.gguf' does not exist"):
         load_policy("/no/such.gguf")
+
+
+def test_the_built_in_demo_compares_the_four_methods_side_by_side(tmp_path):
+    import json
+
+    from click.testing import CliRunner
+
+    from secateurs.cli import DEMO_METHODS, cli
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"d{i}", "prompt": t}) + "\n" for i, t in
+                               enumerate(["How do I make a good cup of green tea?", "Name a calm colour."])))
+    args = ["run", "--prompts", str(prompts), "--out", str(tmp_path / "out"), "--max-new-tokens", "8"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert list(DEMO_METHODS) == ["sampling", "best-of-n", "speculative-rejection", "cards"]
+    for method in DEMO_METHODS:
+        lines = (tmp_path / "out" / f"{method}.jsonl").read_text().splitlines()
+        assert sorted(json.loads(x)["id"] for x in lines) == ["d0", "d1"]
+        assert result.output.count(f"--- {method}: reward") == 2  # each prompt's answer, side by side
+    summary = result.output[result.output.index("mean reward"):]
+    assert "vs best-of-n" in summary and all(m in summary for m in DEMO_METHODS)
+    assert json.loads((tmp_path / "out" / "best-of-n.jsonl").read_text().splitlines()[0])["config"]["n"] == 16
+    again = CliRunner().invoke(cli, args)  # resumes: nothing recomputed
+    assert again.exit_code == 0 and again.output.count("--- cards: reward") == 2

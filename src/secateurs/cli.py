@@ -38,6 +38,29 @@ def method_options(command):
     return command
 
 
+def prompt_field_options(command):
+    """Which fields of a dataset hold the prompt, the conversation and the id (secateurs.prompts)."""
+    for flag, help in reversed([
+        ("--prompt-field", "Field holding the prompt text, or a template naming fields in braces, e.g. "
+                           "'{instruction}\\n\\n{input}'. Default: the first of prompt, messages, instruction "
+                           "(+input), question, conversations, chosen."),
+        ("--messages-field", "Field holding the conversation: chat messages (role/content), ShareGPT turns "
+                             "(from/value) or an HH-RLHF 'Human: ... Assistant: ...' transcript; trailing "
+                             "assistant turns are dropped."),
+        ("--id-field", "Field holding each prompt's id [id if present, else the row number]."),
+        ("--split", "Split of a dataset folder or Hub dataset [train, else the only split]."),
+    ]):
+        command = click.option(flag, default=None, help=help)(command)
+    return command
+
+
+def _fields(prompt_field, messages_field, id_field, split) -> dict:
+    """The field options given; '\\n' and '\\t' typed in a shell become a newline and a tab."""
+    if prompt_field is not None:
+        prompt_field = prompt_field.replace("\\n", "\n").replace("\\t", "\t")
+    return _options(prompt_field=prompt_field, messages_field=messages_field, id_field=id_field, split=split)
+
+
 def _metavar(spec) -> str:
     return {int: "INT", float: "FLOAT", tuple: "INT,INT,..."}.get(spec.kind, "TEXT")
 
@@ -90,9 +113,11 @@ def cli(verbose: bool, debug: bool) -> None:
 @cli.command()
 @click.option("--method", type=click.Choice(method_names()), default=None,
               help=f"Alignment method. Without it, runs {', '.join(DEMO_METHODS)} and prints them side by side.")
-@click.option("--prompts", "prompts_path", type=click.Path(path_type=Path), default=None,
-              help="JSONL file, one object per line with 'prompt' (string) or 'messages', and optional 'id' "
-                   "(a .json list works too). Default: the built-in prompt set.")
+@click.option("--prompts", "prompts_path", default=None,
+              help="Prompts: a JSONL/JSON, Parquet, Arrow or CSV/TSV file, a saved dataset folder, or "
+                   "hf:OWNER/NAME (a Hugging Face dataset read from the local cache, never downloaded). "
+                   "Default: the built-in prompt set.")
+@prompt_field_options
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output JSONL (default secateurs-out/METHOD.jsonl); a folder when comparing methods. "
                    "Re-running the same command resumes it.")
@@ -112,7 +137,7 @@ def cli(verbose: bool, debug: bool) -> None:
 @click.option("--gpus-per-worker", type=float, default=None, help="--ray: GPUs per worker [0].")
 @method_options
 def run(method, prompts_path, out, policy, reward, seed, device, quiet, shard, use_ray, ray_address, workers,
-        gpus_per_worker, **options) -> None:
+        gpus_per_worker, prompt_field, messages_field, id_field, split, **options) -> None:
     """Align the answers to a set of prompts and write one JSON line per prompt.
 
     Method options apply to the methods named in their help; an option given for a method that
@@ -134,7 +159,8 @@ def run(method, prompts_path, out, policy, reward, seed, device, quiet, shard, u
         from .ray import _import_ray
 
         _import_ray()  # without Ray: one line saying what to install, before anything loads
-    prompts = load_prompts(prompts_path) if prompts_path else builtin_prompts()
+    fields = _fields(prompt_field, messages_field, id_field, split)
+    prompts = load_prompts(prompts_path, **fields) if prompts_path else builtin_prompts()
     if shard is not None:
         from .shard import select_shard
 
