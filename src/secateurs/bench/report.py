@@ -200,7 +200,8 @@ def render_html(summary: dict, prompts, cells: list[CellResults], images: dict[s
              f"{'gold reward' if summary['judge'] == 'gold' else 'guiding reward (no gold reward given)'}, ties within "
              f"{summary['tie_margin']}. Speedup: Best-of-N compute at equal score (interpolated in log compute) over "
              "the method's; &ge; marks a lower bound (the method beats every Best-of-N). <em>no difference</em>: "
-             "the interval includes no difference.")
+             "the interval includes no difference. Seconds: the policy and rewards were warmed up on one prompt "
+             "before the first cell, so a cell's time does not depend on its place in the grid.")
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>secateurs bench</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1400px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;vertical-align:top;font-size:13px}}th{{background:#f3f3f3}}

@@ -36,12 +36,23 @@ def load_gold(path: Path, reward: Reward, prompts: list[Prompt], results: list[A
     return scores
 
 
+def warm_up(policy, rewards: list[Reward], prompt: Prompt) -> None:
+    """One short untimed run before the first cell: the first forward passes and RM calls of a process
+    are slower (allocations, lazy initialisation), and would otherwise be charged to the first cell."""
+    from ..methods.sampling import SamplingConfig
+
+    [result] = run_prompts([prompt], "sampling", SamplingConfig(max_new_tokens=8), policy, rewards[0])
+    for reward in rewards[1:]:
+        reward.score([prompt], [result.response])
+
+
 def run_bench(spec: BenchSpec, device=None, progress: bool = True) -> tuple[list[Prompt], list[CellResults], dict]:
     configs = spec.validate()  # everything the user wrote is checked before a model loads
     prompts = load_prompts(spec.prompts) if spec.prompts else builtin_prompts()
     policy = load_policy(spec.policy, device=device)
     reward = load_reward(spec.reward, device=device)
     gold = load_reward(spec.gold_reward, device=device) if spec.gold_reward else None
+    warm_up(policy, [r for r in (reward, gold) if r is not None], prompts[0])
     cells_dir = spec.out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     collected = []
