@@ -1,11 +1,14 @@
-"""Rollout engine speed against transformers' model.generate, and Best-of-N prefill counts.
+"""Decoding speed of the transformers backend against transformers' model.generate, and Best-of-N
+prefill counts.
 
     .venv/bin/python benchmarks/engine.py [--new-tokens 64] [--repeats 3]
 
-Both sides sample the same number of new tokens (EOS ignored) for the same left-padded prompts,
-with temperature 1 and top-k 50, from the default policy. Each measurement is taken `repeats`
-times, alternating engine and generate, and the best time of each is kept (the machine is shared
-and noisy). Throughput = batch * new tokens / seconds, prefill included on both sides.
+Both sides sample the same number of new tokens (EOS ignored) for the same prompts (left-padded
+for generate), with temperature 1 and top-k 50, from the default policy. The engine side is the
+backend the scheduler drives: prefill the prompts, start one sequence each, step the running ones
+until every one has its tokens. Each measurement is taken `repeats` times, alternating engine and
+generate, and the best time of each is kept (the machine is shared and noisy).
+Throughput = batch * new tokens / seconds, prefill included on both sides.
 """
 
 from __future__ import annotations
@@ -18,10 +21,13 @@ from pathlib import Path
 import torch
 
 import secateurs
-from secateurs.engine import RolloutBatch
+from secateurs.backends.transformers import TransformersBackend
 from secateurs.models import load_policy
+from secateurs.policy import Policy
 from secateurs.prompts import builtin_prompts, make_prompts
 from secateurs.sampling import SamplingParams, prompt_key
+from secateurs.scheduler import Request
+from secateurs.sequence import RUNNING, Sequence
 
 DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "alpaca_farm_100.json"
 
@@ -32,13 +38,25 @@ def load_benchmark_prompts(count: int):
     return (builtin_prompts() * count)[:count]
 
 
-def time_engine(policy, ids, new_tokens):
+def without_eos(policy: Policy) -> Policy:
+    quiet = Policy(policy.model, policy.tokenizer, policy.name)
+    quiet.stop_token_ids = frozenset()
+    return quiet
+
+
+def time_engine(policy, prompts, ids, new_tokens):
+    requests = [Request(p, i, "best-of-n", None, 0, prompt_key(0, str(n))) for n, (p, i) in enumerate(zip(prompts, ids))]
     start = time.perf_counter()
-    batch = RolloutBatch.prefill(policy, ids, [prompt_key(0, str(i)) for i in range(len(ids))],
-                                 SamplingParams(1.0, 50), new_tokens, stop_at_eos=False)
-    batch.extend(new_tokens)
+    backend = TransformersBackend(policy)
+    backend.prefill(requests)
+    seqs = [Sequence(r, 0, r.key, SamplingParams(1.0, 50), new_tokens) for r in requests]
+    backend.start(seqs)
+    running = seqs
+    while running:
+        backend.step(running)
+        running = [s for s in running if s.status == RUNNING]
     elapsed = time.perf_counter() - start
-    assert all(n == new_tokens for n in batch.response_lengths().tolist())
+    assert all(s.length == new_tokens and s.finish_reason == "length" for s in seqs)
     return elapsed
 
 
@@ -70,13 +88,15 @@ def main() -> None:
     print(f"policy {policy.name} on {policy.device}, torch {torch.__version__}, {torch.get_num_threads()} threads, "
           f"{args.new_tokens} new tokens, best of {args.repeats}")
     print(f"{'batch':>5s} {'engine tok/s':>13s} {'generate tok/s':>15s} {'ratio':>6s}")
+    quiet = without_eos(policy)
     for size in map(int, args.batches.split(",")):
-        ids = [policy.encode(p) for p in load_benchmark_prompts(size)]
-        time_engine(policy, ids[:1], 4)  # warm-up
+        prompts = load_benchmark_prompts(size)
+        ids = [policy.encode(p) for p in prompts]
+        time_engine(quiet, prompts[:1], ids[:1], 4)  # warm-up
         time_generate(policy, ids[:1], 4)
         engine, generate = [], []
         for _ in range(args.repeats):
-            engine.append(time_engine(policy, ids, args.new_tokens))
+            engine.append(time_engine(quiet, prompts, ids, args.new_tokens))
             generate.append(time_generate(policy, ids, args.new_tokens))
         e, g = size * args.new_tokens / min(engine), size * args.new_tokens / min(generate)
         print(f"{size:5d} {e:13.1f} {g:15.1f} {e / g:6.2f}")
