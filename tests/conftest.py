@@ -3,13 +3,22 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# One torch thread per process: the tiny models gain nothing from more, and tests that start
+# subprocesses (CLI runs, kills, Ray workers) would otherwise oversubscribe the cores, which on a
+# 2-core machine made the suite many times slower. Subprocesses inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import (LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification,
                           PreTrainedTokenizerFast)
 
-from secateurs.policy import Policy
+from secateurs.policy import Policy  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 WORDS = ("the a an is are was be to of and in that it for on with as you do at this but his by from "
          "they we say her she or will my one all would there their what so up out if about who get "

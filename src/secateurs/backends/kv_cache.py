@@ -89,14 +89,18 @@ class KVCache:
 
     # ------------------------------------------------------------------ housekeeping
     def crop(self) -> None:
-        """Drop trailing columns masked in every row."""
+        """Drop leading and trailing columns masked in every row. Rows that join a running batch are
+        left-padded to its width, and the rows that held the leading columns leave it; without this
+        the width would keep growing until a compaction."""
         used = self.mask.any(dim=0).nonzero()
-        keep = int(used.max()) + 1 if used.numel() else 0
-        if 0 < keep < self.columns:
+        if not used.numel():
+            return
+        first, end = int(used.min()), int(used.max()) + 1
+        if first > 0 or end < self.columns:
             for layer in self.cache.layers:
-                layer.keys = layer.keys[:, :, :keep]
-                layer.values = layer.values[:, :, :keep]
-            self.mask = self.mask[:, :keep]
+                layer.keys = layer.keys[:, :, first:end]
+                layer.values = layer.values[:, :, first:end]
+            self.mask = self.mask[:, first:end]
 
     def maybe_compact(self) -> None:
         longest = int(self.mask.sum(dim=1).max()) if self.rows else 0
