@@ -45,12 +45,27 @@ def packaged_gguf() -> Path:
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    if device in (None, "auto"):
+    """The torch device of a --device value, checked before any model loads: one line for a device
+    this machine does not have (cuda without CUDA, cuda:3 on a 2-GPU machine) or a bad name."""
+    if device is None or (isinstance(device, str) and device.strip().lower() in ("", "auto")):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
-        return torch.device(device)
-    except RuntimeError:
-        raise SecateursError(f"unknown device {device!r}") from None
+        dev = torch.device(device.strip().lower() if isinstance(device, str) else device)
+    except (RuntimeError, TypeError, ValueError):
+        raise SecateursError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SecateursError("CUDA is not available on this machine; use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise SecateursError(f"device {str(dev)!r} does not exist: this machine has {count} CUDA device(s), "
+                                 f"cuda:0 to cuda:{count - 1}")
+    elif dev.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise SecateursError("MPS is not available on this machine; use --device cpu")
+    elif dev.type != "cpu":
+        raise SecateursError(f"unsupported device {device!r}: use cpu, cuda or cuda:N")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:

@@ -45,11 +45,23 @@ class Policy:
         return list(self.tokenizer(text)["input_ids"])
 
     def check_fits(self, prompt: Prompt, n_prompt_tokens: int, max_new_tokens: int) -> None:
-        if n_prompt_tokens + max_new_tokens > self.max_context:
+        """One line naming what does not fit: max_new_tokens alone, the prompt alone, or the two together."""
+        if n_prompt_tokens + max_new_tokens <= self.max_context:
+            return
+        if max_new_tokens >= self.max_context:
             raise SecateursError(
-                f"prompt {prompt.id!r} is too long: {n_prompt_tokens} tokens + max_new_tokens "
-                f"{max_new_tokens} exceeds the policy's context of {self.max_context} tokens"
+                f"max_new_tokens {max_new_tokens} exceeds the policy's context of {self.max_context} tokens "
+                f"(prompt included): lower --max-new-tokens below {self.max_context}"
             )
+        if n_prompt_tokens >= self.max_context:
+            raise SecateursError(
+                f"prompt {prompt.id!r} is too long: {n_prompt_tokens} tokens, but the policy's context is "
+                f"{self.max_context} tokens"
+            )
+        raise SecateursError(
+            f"prompt {prompt.id!r} is too long: {n_prompt_tokens} tokens + max_new_tokens "
+            f"{max_new_tokens} exceeds the policy's context of {self.max_context} tokens"
+        )
 
     def decode(self, ids: Sequence[int]) -> str:
         ids = [i for i in ids if i not in self.stop_token_ids]

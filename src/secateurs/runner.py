@@ -10,6 +10,7 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from . import __version__
+from .admission import check_memory
 from .backends.transformers import TransformersBackend
 from .methods import get_method
 from .methods.base import DecodingConfig
@@ -62,6 +63,8 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     encoded = {}
     for p in prompts:
         encoded[p.id] = encode_prompt(policy, p, config)
+    if encoded:  # a setting whose largest batch cannot fit fails now, not in the allocator
+        check_memory(policy, config, [len(ids) for ids in encoded.values()])
     fingerprint = run_fingerprint(method, config, policy, reward, seed)
     # Locks the output, refuses a foreign file, another configuration or changed prompts.
     done, writer = open_results(Path(out), fingerprint, prompts) if out is not None else ({}, None)

@@ -4,6 +4,8 @@ YAML file, and checked before any model is loaded."""
 from __future__ import annotations
 
 import itertools
+import math
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,17 +83,25 @@ def expand(method: str, grid: list[tuple[str, list[Any]]]) -> list[Cell]:
 
 def cells_from_yaml(entries: list) -> list[Cell]:
     """YAML 'methods' entries: 'cards', {'best-of-n': {'n': [1, 2, 4]}}, or a spec string."""
+    if isinstance(entries, str):  # `methods: best-of-n:n=1,2`: one entry
+        entries = [entries]
+    if not isinstance(entries, list):
+        raise SecateursError(f"'methods' must be a list of methods, got {entries!r}")
     cells: list[Cell] = []
     for entry in entries:
         if isinstance(entry, str):
             cells += parse_method_spec(entry)
-        elif isinstance(entry, dict) and len(entry) == 1:
+        elif isinstance(entry, dict) and len(entry) == 1 and isinstance(next(iter(entry)), str):
             [(method, params)] = entry.items()
             params = params or {}
             if not isinstance(params, dict):
                 raise SecateursError(f"method {method!r}: options must be a mapping, got {params!r}")
             grid = []
             for k, v in params.items():
+                if not isinstance(k, str):
+                    raise SecateursError(f"method {method!r}: option names must be text, got {k!r}")
+                if isinstance(v, list) and not v:
+                    raise SecateursError(f"method {method!r}: option {k!r} has an empty list of values")
                 k = k.replace("-", "_")
                 if _is_list_option(k):  # [4, 8] is one value; [[4, 8], [8, 16]] a grid of two
                     v = [tuple(x) if isinstance(x, list) else x for x in v] if isinstance(v, list) and v and \
@@ -117,6 +127,48 @@ class BenchSpec:
     common: dict[str, Any] = field(default_factory=dict)  # options every cell gets (max_new_tokens, ...)
     bootstrap: int = 1000
     command: str = ""
+
+    def __post_init__(self):
+        """Settings from YAML may have any type: each is checked here, before anything runs, by its key."""
+        def text(key: str, value, optional: bool = True):
+            if value is None and optional:
+                return None
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            if not isinstance(value, str) or not value.strip():
+                raise SecateursError(f"bench setting '{key}' must be text, got {value!r}")
+            return value
+
+        def integer(key: str, value):
+            if isinstance(value, str):  # a number written as text ("7"); anything else is named
+                try:
+                    value = int(value.strip())
+                except ValueError:
+                    pass
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise SecateursError(f"bench setting '{key}' must be an integer, got {value!r}")
+            return value
+
+        def number(key: str, value):
+            if isinstance(value, str):
+                try:
+                    value = float(value.strip())
+                except ValueError:
+                    pass
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise SecateursError(f"bench setting '{key}' must be a finite number, got {value!r}")
+            return float(value)
+
+        self.prompts = text("prompts", self.prompts)
+        self.out = Path(text("out", self.out, optional=False))
+        self.policy = text("policy", self.policy)
+        self.reward = text("reward", self.reward)
+        self.gold_reward = text("gold_reward", self.gold_reward)
+        if self.reference is not None and not isinstance(self.reference, str):
+            self.reference = str(self.reference)  # named as a missing cell by validate()
+        self.seed = integer("seed", self.seed)
+        self.bootstrap = integer("bootstrap", self.bootstrap)
+        self.tie_margin = number("tie_margin", self.tie_margin)
 
     def configs(self) -> dict[str, Any]:
         """Each cell's validated config; raises on an unknown method, option or bad value."""

@@ -28,18 +28,24 @@ class RewardTarget:
     r_star_margin: float = option(0.5, "auto r_star = mean + margin x std of their rewards")
 
     def validate_target(self) -> None:
-        if not (self.r_star == "auto" or (isinstance(self.r_star, (int, float)) and math.isfinite(self.r_star))):
+        def real(x) -> bool:  # a finite number (not a bool, a string, NaN or infinity)
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        def integer(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        if not (self.r_star == "auto" or real(self.r_star)):
             raise SecateursError(f"r_star must be a finite number or 'auto', got {self.r_star!r}")
-        if not (self.beta > 0 and math.isfinite(self.beta)):
-            raise SecateursError(f"beta must be a finite number > 0, got {self.beta}")
-        if self.acceptance not in ("soft", "hard"):
+        if not (real(self.beta) and self.beta > 0):
+            raise SecateursError(f"beta must be a finite number > 0, got {self.beta!r}")
+        if not isinstance(self.acceptance, str) or self.acceptance not in ("soft", "hard"):
             raise SecateursError(f"acceptance must be 'soft' or 'hard', got {self.acceptance!r}")
-        if not isinstance(self.max_retries, int) or self.max_retries < 1:
+        if not integer(self.max_retries) or self.max_retries < 1:
             raise SecateursError(f"max_retries must be an integer >= 1, got {self.max_retries!r}")
-        if not isinstance(self.r_star_samples, int) or self.r_star_samples < 2:
+        if not integer(self.r_star_samples) or self.r_star_samples < 2:
             raise SecateursError(f"r_star_samples must be an integer >= 2, got {self.r_star_samples!r}")
-        if not math.isfinite(self.r_star_margin):
-            raise SecateursError(f"r_star_margin must be a finite number, got {self.r_star_margin}")
+        if not real(self.r_star_margin):
+            raise SecateursError(f"r_star_margin must be a finite number, got {self.r_star_margin!r}")
 
 
 @dataclass

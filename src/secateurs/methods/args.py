@@ -7,6 +7,7 @@ argmax(logit + weight * reward) [weight 1.5]. Greedy: temperature and top_p do n
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -27,8 +28,9 @@ class ArgsConfig(DecodingConfig):
         super().validate()
         if self.top_k < 1:
             raise SecateursError(f"top_k must be >= 1 for ARGS, got {self.top_k}")
-        if not isinstance(self.weight, (int, float)) or self.weight != self.weight:
-            raise SecateursError(f"weight must be a number, got {self.weight!r}")
+        weight = self.weight
+        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not math.isfinite(weight):
+            raise SecateursError(f"weight must be a finite number, got {weight!r}")
 
 
 @dataclass(frozen=True)

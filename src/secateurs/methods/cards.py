@@ -25,6 +25,7 @@ The paper's alpha (the weight w of r_star in r0) is the option `r_star_weight` h
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -48,16 +49,23 @@ class CardsConfig(TargetedConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not self.entropy_threshold > 0:
-            raise SecateursError(f"entropy_threshold must be > 0, got {self.entropy_threshold}")
-        if not isinstance(self.min_segment_tokens, int) or self.min_segment_tokens < 1:
+
+        def real(x) -> bool:  # a finite number (not a bool, a string, NaN or infinity)
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        def integer(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        if not (real(self.entropy_threshold) and self.entropy_threshold > 0):
+            raise SecateursError(f"entropy_threshold must be > 0 and finite, got {self.entropy_threshold!r}")
+        if not integer(self.min_segment_tokens) or self.min_segment_tokens < 1:
             raise SecateursError(f"min_segment_tokens must be an integer >= 1, got {self.min_segment_tokens!r}")
-        if not isinstance(self.max_segment_tokens, int) or self.max_segment_tokens < self.min_segment_tokens:
+        if not integer(self.max_segment_tokens) or self.max_segment_tokens < self.min_segment_tokens:
             raise SecateursError(f"max_segment_tokens ({self.max_segment_tokens!r}) must be an integer >= "
                                  f"min_segment_tokens ({self.min_segment_tokens})")
-        if not 0 <= self.r_star_weight <= 1:
-            raise SecateursError(f"r_star_weight must be in [0, 1], got {self.r_star_weight}")
-        if not isinstance(self.proposals, int) or self.proposals < 1:
+        if not (real(self.r_star_weight) and 0 <= self.r_star_weight <= 1):
+            raise SecateursError(f"r_star_weight must be in [0, 1], got {self.r_star_weight!r}")
+        if not integer(self.proposals) or self.proposals < 1:
             raise SecateursError(f"proposals must be an integer >= 1, got {self.proposals!r}")
         if self.proposals > self.max_batch_rows:
             raise SecateursError(f"proposals={self.proposals} decode together but max_batch_rows is "

@@ -24,7 +24,7 @@ class RejectionSamplingConfig(TargetedConfig):
 
     def validate(self) -> None:
         super().validate()
-        if not isinstance(self.proposals, int) or self.proposals < 1:
+        if not isinstance(self.proposals, int) or isinstance(self.proposals, bool) or self.proposals < 1:
             raise SecateursError(f"proposals must be an integer >= 1, got {self.proposals!r}")
 
     def rows_per_prompt(self) -> int:

@@ -53,15 +53,22 @@ class SpeculativeRejectionConfig(DecodingConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SecateursError(f"{name} must be an integer >= 1, got {value!r}")
-        if not 0 <= self.alpha < 1:
-            raise SecateursError(f"alpha must be in [0, 1), got {self.alpha}")
-        if self.kv_budget_tokens is not None and self.kv_budget_tokens < 1:
-            raise SecateursError(f"kv_budget_tokens must be >= 1, got {self.kv_budget_tokens}")
-        if self.memory_gib is not None and not (self.memory_gib > 0 and math.isfinite(self.memory_gib)):
-            raise SecateursError(f"memory_gib must be a finite number > 0, got {self.memory_gib}")
+
+        def real(x) -> bool:  # a finite number (not a bool, a string, NaN or infinity)
+            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+        def integer(x) -> bool:
+            return isinstance(x, int) and not isinstance(x, bool)
+
+        if not (real(self.alpha) and 0 <= self.alpha < 1):
+            raise SecateursError(f"alpha must be in [0, 1), got {self.alpha!r}")
+        if self.kv_budget_tokens is not None and not (integer(self.kv_budget_tokens) and self.kv_budget_tokens >= 1):
+            raise SecateursError(f"kv_budget_tokens must be >= 1 and an integer, got {self.kv_budget_tokens!r}")
+        if self.memory_gib is not None and not (real(self.memory_gib) and self.memory_gib > 0):
+            raise SecateursError(f"memory_gib must be a finite number > 0, got {self.memory_gib!r}")
         if self.decision_tokens is not None:
-            points = tuple(self.decision_tokens)
-            if not points or any(not isinstance(t, int) or t < 1 for t in points) or list(points) != sorted(set(points)):
+            points = tuple(self.decision_tokens) if isinstance(self.decision_tokens, (tuple, list)) else ()
+            if not points or any(not integer(t) or t < 1 for t in points) or list(points) != sorted(set(points)):
                 raise SecateursError(f"decision_tokens must be increasing integers >= 1, got {self.decision_tokens!r}")
             self.decision_tokens = points
         if self.n > self.max_batch_rows:

@@ -1,0 +1,123 @@
+"""Memory admission: refuse, before generating, a setting whose largest batch cannot fit.
+
+The largest batch holds `rows` decoding rows (max_batch_rows, or fewer if the prompts can never
+fill them), each with a KV cache of (longest prompt + max_new_tokens) tokens, plus the per-step
+logits buffers (rows x vocab x 4 bytes, about three of them alive at once). The weights are
+already loaded, so they count as used, not as needed. What is available: on a GPU, its free
+memory plus what torch's allocator holds unused; on a CPU, MemAvailable from /proc/meminfo (no
+check where that cannot be read). That estimate is a lower bound of what the run takes, so a
+setting it refuses can never fit; cache copies and the allocator's fragmentation come on top
+(HEADROOM), so the `--max-batch-rows` it suggests leaves room for them, and a setting that fits only
+without that room runs with a warning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import logging
+
+import torch
+
+from .errors import SecateursError
+from .methods.base import DecodingConfig
+from .policy import Policy
+
+LOGITS_BUFFERS = 3  # logits, their float copy / scaled scores, and the sampling noise
+# What a run really takes over the estimate: the KV cache grows by concatenation and is copied when rows
+# change, and the allocator's free blocks fragment. Measured on an H100 with 78.5 GiB free (a random
+# 8-layer bf16 Llama, Best-of-N of one prompt, 48 new tokens, ~2 MiB per row estimated): the estimate
+# alone admits 40,100 rows; 26,000 ran (57 GiB allocated at peak, 1.12x the estimate), 29,000 and more
+# ran out of memory. Suggestions leave this much room (25,104 rows here: ran, 55 GiB); a setting between
+# the two gets a warning.
+HEADROOM = 1.6
+
+log = logging.getLogger(__name__)
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 / 10 else f"{n / 2**20:.1f} MiB"
+
+
+def available_bytes(device: torch.device) -> int | None:
+    """Bytes this process can still allocate on `device`, or None if unknown."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+    return None
+
+
+def weight_bytes(policy: Policy) -> int:
+    model = policy.model
+    return sum(t.numel() * t.element_size() for t in (*model.parameters(), *model.buffers()))
+
+
+def vocab_size(policy: Policy) -> int:
+    out = policy.model.get_output_embeddings() if hasattr(policy.model, "get_output_embeddings") else None
+    weight = getattr(out, "weight", None)
+    if weight is not None:
+        return int(weight.shape[0])
+    return int(getattr(policy.model.config, "vocab_size", 0) or len(policy.tokenizer))
+
+
+def rows_at_most(config: DecodingConfig, n_prompts: int) -> int:
+    """Rows the run can ever decode at once: max_batch_rows, or fewer when the prompts cannot fill them
+    (each prompt holds at most its method's rows at once, or its r_star calibration samples)."""
+    per_prompt = config.rows_per_prompt()
+    if getattr(config, "r_star", None) == "auto":
+        per_prompt = max(per_prompt, getattr(config, "r_star_samples", 0))
+    return max(1, min(config.max_batch_rows, n_prompts * per_prompt))
+
+
+def check_memory(policy: Policy, config: DecodingConfig, prompt_lengths: list[int],
+                 available: int | None = None) -> None:
+    """Raise a one-line SecateursError if the largest batch of this run cannot fit in memory.
+    `available` (bytes) overrides what the policy's device reports (for tests)."""
+    if not prompt_lengths:
+        return
+    measured = available is None
+    if measured:
+        available = available_bytes(policy.device)
+    if available is None:
+        return
+    longest = max(prompt_lengths)
+    tokens = longest + config.max_new_tokens
+    per_row = tokens * policy.kv_bytes_per_token() + vocab_size(policy) * 4 * LOGITS_BUFFERS
+    rows = rows_at_most(config, len(prompt_lengths))
+    needed = rows * per_row
+    if needed > available and measured:  # memory an earlier run left to the garbage collector counts too
+        gc.collect()
+        if policy.device.type == "cuda":
+            torch.cuda.empty_cache()
+        available = available_bytes(policy.device) or available
+    if needed * HEADROOM <= available:
+        return
+    fits = int(available // (per_row * HEADROOM))
+    what = (f"max_batch_rows={config.max_batch_rows}" if rows == config.max_batch_rows
+            else f"{rows} rows (max_batch_rows={config.max_batch_rows})")
+    head = (f"{what} x (prompt {longest} + {config.max_new_tokens} new tokens) needs {_gib(needed)} of KV cache "
+            f"and logits, but {_gib(available)} is available on {policy.device.type} (the weights already take "
+            f"{_gib(weight_bytes(policy))})")
+    if fits < 1:
+        hint = "not even one row fits: lower --max-new-tokens"
+    else:
+        hint = f"--max-batch-rows {fits}"
+        try:  # a method whose rows decode together (n, proposals) needs that option lowered too
+            dataclasses.replace(config, max_batch_rows=fits)  # validates
+        except SecateursError:
+            together = [f for f in ("n", "proposals") if getattr(config, f, None) == config.rows_per_prompt()]
+            hint += f" with --{together[0] if together else 'n'} at most {fits}"
+        hint += " would fit"
+    if needed <= available:  # may fit: the allocator's overhead decides
+        log.warning("warning: %s, and a run takes up to %.1fx that; it may run out of memory: %s", head,
+                    HEADROOM, hint)
+        return
+    raise SecateursError(f"{head}; {hint}")

@@ -1,0 +1,101 @@
+"""Memory admission: a setting whose largest batch cannot fit is refused before generating, in one line
+naming the setting and what would fit; a normal setting passes."""
+
+import json
+import sys
+
+import pytest
+
+from secateurs import admission
+from secateurs.admission import check_memory, rows_at_most
+from secateurs.cli import main
+from secateurs.config import build_config
+from secateurs.errors import SecateursError
+
+
+def run_main(monkeypatch, capsys, *args) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["secateurs", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    return code, capsys.readouterr().err
+
+
+def test_absurd_max_batch_rows_is_refused_naming_what_fits(tiny_policy, caplog):
+    config = build_config("best-of-n", {"n": 10**9, "max_batch_rows": 10**9, "max_new_tokens": 8})
+    with pytest.raises(SecateursError) as err:
+        check_memory(tiny_policy, config, [12, 30, 7], available=8 * 2**30)
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith("max_batch_rows=1000000000 x (prompt 30 + 8 new tokens) needs ")
+    assert "but 8.0 GiB is available" in message
+    per_row = 38 * tiny_policy.kv_bytes_per_token() + admission.vocab_size(tiny_policy) * 4 * admission.LOGITS_BUFFERS
+    suggested = int(8 * 2**30 // (per_row * admission.HEADROOM))
+    assert message.endswith(f"--max-batch-rows {suggested} would fit")
+    # the suggestion fits with room for the allocator: no error, no warning
+    fits = build_config("best-of-n", {"n": 10**9, "max_batch_rows": suggested, "max_new_tokens": 8})
+    check_memory(tiny_policy, fits, [12, 30, 7], available=8 * 2**30)
+    assert not caplog.records
+
+
+def test_a_batch_that_fits_only_without_headroom_runs_with_a_warning(tiny_policy, caplog):
+    config = build_config("sampling", {"max_batch_rows": 1000, "max_new_tokens": 8})
+    per_row = 18 * tiny_policy.kv_bytes_per_token() + admission.vocab_size(tiny_policy) * 4 * admission.LOGITS_BUFFERS
+    check_memory(tiny_policy, config, [10] * 1000, available=int(1000 * per_row * 1.2))  # no error
+    [record] = caplog.records
+    assert record.levelname == "WARNING" and "it may run out of memory" in record.getMessage()
+    assert "--max-batch-rows 750 would fit" in record.getMessage()
+
+
+def test_a_normal_setting_passes_with_the_real_memory(tiny_policy):
+    check_memory(tiny_policy, build_config("best-of-n", {"n": 4, "max_new_tokens": 128}), [200] * 50)
+    check_memory(tiny_policy, build_config("sampling", {}), [])  # nothing to run: nothing to check
+
+
+def test_gang_methods_are_told_to_lower_their_gang_too(tiny_policy):
+    config = build_config("speculative-rejection", {"n": 10**8, "max_batch_rows": 10**8})
+    with pytest.raises(SecateursError, match=r"--max-batch-rows \d+ with --n at most \d+ would fit"):
+        check_memory(tiny_policy, config, [10], available=2**30)
+    config = build_config("cards", {"proposals": 10**8, "max_batch_rows": 10**8})
+    with pytest.raises(SecateursError, match=r"with --proposals at most \d+ would fit"):
+        check_memory(tiny_policy, config, [10], available=2**30)
+
+
+def test_not_even_one_row_says_lower_max_new_tokens(tiny_policy):
+    with pytest.raises(SecateursError, match="not even one row fits: lower --max-new-tokens"):
+        check_memory(tiny_policy, build_config("sampling", {"max_new_tokens": 100}), [10], available=1000)
+
+
+def test_rows_are_what_the_prompts_can_use_at_most():
+    # 3 prompts of Best-of-2 never hold more than 6 rows, whatever max_batch_rows says
+    assert rows_at_most(build_config("best-of-n", {"n": 2, "max_batch_rows": 10**9}), 3) == 6
+    assert rows_at_most(build_config("best-of-n", {"n": 500, "max_batch_rows": 64}), 3) == 64
+    # auto r_star calibrates with r_star_samples rows per prompt
+    assert rows_at_most(build_config("cards", {"max_batch_rows": 100}), 2) == 8
+    assert rows_at_most(build_config("cards", {"max_batch_rows": 100, "r_star": 1.0}), 2) == 2
+
+
+def test_unreadable_memory_means_no_check(tiny_policy, monkeypatch):
+    monkeypatch.setattr(admission, "available_bytes", lambda device: None)
+    check_memory(tiny_policy, build_config("best-of-n", {"n": 10**12, "max_batch_rows": 10**12}), [10])
+
+
+def test_the_cli_refuses_before_generating_and_writes_nothing(tiny_policy_folder, tmp_path, monkeypatch, capsys):
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "how do i make tea"}) + "\n")
+    out = tmp_path / "o.jsonl"
+    code, err = run_main(monkeypatch, capsys, "run", "--method", "speculative-rejection", "--policy",
+                         tiny_policy_folder, "--reward", "sentiment", "--n", 10**9, "--max-batch-rows", 10**9,
+                         "--max-new-tokens", 8, "--quiet", "--prompts", prompts, "--out", out)
+    assert code == 2 and "Traceback" not in err
+    [line] = err.strip().splitlines()
+    assert line.startswith("error: max_batch_rows=1000000000 x (prompt ") and "would fit" in line
+    assert not out.exists()
+    # a normal setting runs
+    code, err = run_main(monkeypatch, capsys, "run", "--method", "best-of-n", "--policy", tiny_policy_folder,
+                         "--reward", "sentiment", "--n", 2, "--max-new-tokens", 4, "--quiet", "--prompts", prompts,
+                         "--out", out)
+    assert code == 0, err
+    assert len(out.read_text().splitlines()) == 1
