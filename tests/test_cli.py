@@ -158,7 +158,7 @@ def test_every_method_runs_and_resumes_from_the_cli(tiny_policy_folder, tmp_path
     (["--method", "speculative-rejection", "--decision-tokens", "8,x"], "--decision-tokens must be comma-separated"),
     (["--method", "cards", "--entropy-threshold", "0"], "entropy_threshold must be > 0"),
     (["--method", "cards", "--acceptance", "lenient"], "acceptance must be 'soft' or 'hard'"),
-    (["--method", "cards", "--r-star", "lots"], "--r-star must be a number or 'auto', got 'lots'"),
+    (["--method", "cards", "--r-star", "lots"], "r_star must be a finite number or 'auto', got 'lots'"),
     (["--method", "sampling", "--alpha", "0.5"], "--alpha does not apply to method 'sampling'"),
 ])
 def test_bad_method_options_are_named(tiny_policy_folder, tmp_path, args, message):

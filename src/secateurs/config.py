@@ -97,8 +97,8 @@ def parse_value(spec: OptionSpec, text: str) -> Any:
         else:
             return text
     except ValueError:
-        kind = "comma-separated integers" if spec.kind is tuple else getattr(spec.kind, "__name__", "value")
-        raise SecateursError(f"{spec.flag} must be {'an' if kind[0] in 'aeiou' else 'a'} {kind}, got {text!r}") from None
+        kind = {int: "an integer", float: "a number", tuple: "comma-separated integers"}.get(spec.kind, "a value")
+        raise SecateursError(f"{spec.flag} must be {kind}, got {text!r}") from None
     if not math.isfinite(value):
         raise SecateursError(f"{spec.flag} must be a finite number, got {text!r}")
     return value
