@@ -84,12 +84,15 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=32)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-batch-rows", type=int, default=64)
+    parser.add_argument("--methods", default="best-of-n,speculative-rejection,cards",
+                        help="which of the three to run (comma-separated)")
     args = parser.parse_args()
     prompts = [p["prompt"] for p in json.loads(DATA.read_text())][:args.prompts]
     common = {"max_new_tokens": args.max_new_tokens, "max_batch_rows": args.max_batch_rows}
     methods = [("best-of-n n=8", "best-of-n", {"n": 8}),
                ("speculative-rejection n=16", "speculative-rejection", {"n": 16}),
                ("cards", "cards", {})]
+    methods = [m for m in methods if m[1] in args.methods.split(",")]
     old_src = checkout_v010() / "src"
     print(f"{len(prompts)} AlpacaFarm prompts, default policy and reward, {args.max_new_tokens} new tokens, "
           f"max_batch_rows {args.max_batch_rows}, seed 0")
