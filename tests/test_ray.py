@@ -80,6 +80,24 @@ def test_same_answers_as_a_local_run_with_one_worker(ray_local, tiny_policy_fold
     assert lines_by_id(out) == lines_by_id(local_run)
 
 
+def test_bench_cells_on_ray_equal_a_local_bench(ray_local, tiny_policy_folder, tmp_path):
+    from secateurs.bench import BenchSpec, parse_method_spec, run_bench
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in TEXTS[:4]))
+
+    def bench(out, ray):
+        spec = BenchSpec(prompts=str(prompts), cells=parse_method_spec("best-of-n:n=1,2"), out=tmp_path / out,
+                         policy=str(tiny_policy_folder), reward=REWARD, seed=SEED, common={"max_new_tokens": 6},
+                         bootstrap=100)
+        return run_bench(spec, progress=False, ray=ray)[1]
+
+    local, on_ray = bench("local", None), bench("ray", {"workers": 1})
+    assert [c.name for c in local] == [c.name for c in on_ray]
+    for a, b in zip(local, on_ray):
+        assert [comparable(r.to_json()) for r in a.results] == [comparable(r.to_json()) for r in b.results]
+
+
 def test_user_errors_from_workers_are_one_line(ray_local, tmp_path):
     from secateurs.ray import align_dataset
 

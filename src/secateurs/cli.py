@@ -216,8 +216,14 @@ def run(method, prompts_path, out, policy, reward, seed, device, quiet, shard, u
 @click.option("--seed", type=int, default=None)
 @click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples for intervals [1000].")
 @click.option("--device", default=None)
+@prompt_field_options
+@click.option("--ray", "use_ray", is_flag=True, help="Run the cells on a Ray cluster (pip install 'secateurs[ray]').")
+@click.option("--ray-address", default=None, help="Ray cluster to join: auto or HOST:PORT [start a local Ray].")
+@click.option("--workers", type=int, default=None, help="--ray: worker actors [2].")
+@click.option("--gpus-per-worker", type=float, default=None, help="--ray: GPUs per worker [0].")
 def bench(more_methods, first_method, config_path, prompts_path, out, policy, reward, gold_reward, reference,
-          tie_margin, max_new_tokens, seed, bootstrap, device) -> None:
+          tie_margin, max_new_tokens, seed, bootstrap, device, prompt_field, messages_field, id_field, split,
+          use_ray, ray_address, workers, gpus_per_worker) -> None:
     """Run several methods on the same prompts, policy, reward and seed; write results, plots and a report."""
     from .bench import BenchSpec, cells_from_yaml, parse_method_spec, run_bench, write_report
 
@@ -249,8 +255,17 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
         seed=pick(seed, "seed", 0), bootstrap=pick(bootstrap, "bootstrap", 1000),
         common=_options(max_new_tokens=pick(max_new_tokens, "max_new_tokens")),
         command="secateurs bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+        prompt_fields=_fields(prompt_field, messages_field, id_field, split),
     )
-    prompts, results, setting = run_bench(spec, device=device)
+    ray = None
+    if use_ray:
+        from .ray import _import_ray
+
+        _import_ray()
+        ray = {"workers": workers or 2, "ray_address": ray_address, "gpus_per_worker": gpus_per_worker or 0}
+    elif ray_address or workers is not None or gpus_per_worker is not None:
+        raise SecateursError("--ray-address, --workers and --gpus-per-worker need --ray")
+    prompts, results, setting = run_bench(spec, device=device, ray=ray)
     summary = write_report(spec, prompts, results, setting)
     click.echo(f"{'method':36s} {'reward':>8s} {'seconds':>8s} {'LM tokens':>10s} {'RM calls':>9s}")
     for c in summary["cells"]:

@@ -6,7 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..models import load_policy
+from ..methods.sampling import SamplingConfig
+from ..models import DEFAULT_POLICY, load_policy
 from ..prompts import Prompt, builtin_prompts, load_prompts
 from ..results import AlignResult
 from ..rewards import Reward, load_reward
@@ -39,34 +40,52 @@ def load_gold(path: Path, reward: Reward, prompts: list[Prompt], results: list[A
 def warm_up(policy, rewards: list[Reward], prompt: Prompt) -> None:
     """One short untimed run before the first cell: the first forward passes and RM calls of a process
     are slower (allocations, lazy initialisation), and would otherwise be charged to the first cell."""
-    from ..methods.sampling import SamplingConfig
-
     [result] = run_prompts([prompt], "sampling", SamplingConfig(max_new_tokens=8), policy, rewards[0])
     for reward in rewards[1:]:
         reward.score([prompt], [result.response])
 
 
-def run_bench(spec: BenchSpec, device=None, progress: bool = True) -> tuple[list[Prompt], list[CellResults], dict]:
+def run_bench(spec: BenchSpec, device=None, progress: bool = True,
+              ray: dict | None = None) -> tuple[list[Prompt], list[CellResults], dict]:
+    """Every cell on every prompt. `ray`: run the cells on Ray workers (keywords of secateurs.ray.RayWorkers:
+    workers, ray_address, gpus_per_worker); the workers load the models, this process scores the gold reward."""
     configs = spec.validate()  # everything the user wrote is checked before a model loads
-    prompts = load_prompts(spec.prompts) if spec.prompts else builtin_prompts()
-    policy = load_policy(spec.policy, device=device)
-    reward = load_reward(spec.reward, device=device)
+    prompts = load_prompts(spec.prompts, **spec.prompt_fields) if spec.prompts else builtin_prompts()
     gold = load_reward(spec.gold_reward, device=device) if spec.gold_reward else None
-    warm_up(policy, [r for r in (reward, gold) if r is not None], prompts[0])
     cells_dir = spec.out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
+    if ray is not None:
+        from ..ray import RayWorkers
+
+        pool = RayWorkers(spec.policy, spec.reward, device=device, **ray)
+        policy_name, reward_name, where = spec.policy or DEFAULT_POLICY, spec.reward or "default", "ray"
+        run_cell = pool.run
+        pool.run(prompts[:1], "sampling", SamplingConfig(max_new_tokens=8))  # warm-up (not written)
+    else:
+        pool = None
+        policy = load_policy(spec.policy, device=device)
+        reward = load_reward(spec.reward, device=device)
+        policy_name, reward_name, where = policy.name, reward.name, str(policy.device)
+        warm_up(policy, [r for r in (reward, gold) if r is not None], prompts[0])
+
+        def run_cell(prompts, method, config, **kw):
+            return run_prompts(prompts, method, config, policy, reward, **kw)
     collected = []
-    for cell in spec.cells:
-        config = configs[cell.name]
-        results = run_prompts(prompts, cell.method, config, policy, reward, seed=spec.seed,
-                              out=cells_dir / f"{cell.file_stem}.jsonl", progress=progress, label=cell.name)
-        gold_scores = load_gold(cells_dir / f"{cell.file_stem}.gold.json", gold, prompts, results) if gold else None
-        collected.append(CellResults(cell.name, cell.method, config.to_dict(), results, gold_scores))
+    try:
+        for cell in spec.cells:
+            config = configs[cell.name]
+            results = run_cell(prompts, cell.method, config, seed=spec.seed,
+                               out=cells_dir / f"{cell.file_stem}.jsonl", progress=progress, label=cell.name)
+            gold_scores = load_gold(cells_dir / f"{cell.file_stem}.gold.json", gold, prompts, results) if gold else None
+            collected.append(CellResults(cell.name, cell.method, config.to_dict(), results, gold_scores))
+    finally:
+        if pool is not None:
+            pool.close()
     with open(spec.out / "results.jsonl", "w", encoding="utf-8") as f:
         for cell in collected:
             for i, r in enumerate(cell.results):
                 record = {"cell": cell.name, **r.to_json(), "gold_reward": cell.gold[i] if cell.gold else None}
                 f.write(json.dumps(record, ensure_ascii=False) + "\n")
-    setting = {"policy": policy.name, "reward": reward.name, "gold_reward": gold.name if gold else None,
-               "device": str(policy.device), "seed": spec.seed, "prompts": len(prompts), **spec.common}
+    setting = {"policy": policy_name, "reward": reward_name, "gold_reward": gold.name if gold else None,
+               "device": where, "seed": spec.seed, "prompts": len(prompts), **spec.common}
     return prompts, collected, setting

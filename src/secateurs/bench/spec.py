@@ -127,6 +127,7 @@ class BenchSpec:
     common: dict[str, Any] = field(default_factory=dict)  # options every cell gets (max_new_tokens, ...)
     bootstrap: int = 1000
     command: str = ""
+    prompt_fields: dict[str, Any] = field(default_factory=dict)  # prompt_field, messages_field, id_field, split
 
     def __post_init__(self):
         """Settings from YAML may have any type: each is checked here, before anything runs, by its key."""
