@@ -1,9 +1,9 @@
 """Cost accounting: every LM forward, token and RM call is counted, and time is split by phase.
 
-Counts are per request (one prompt answered by one method) and exact, and do not depend on how
-requests were batched:
+Counts are per request (one prompt answered by one method) and exact; all but the first do not
+depend on how requests were batched:
 - lm_forward_calls: batched forward passes that processed at least one token of this request
-  (what a one-prompt-at-a-time run of the same method would make);
+  (more when its samples did not all get rows at once, e.g. Best-of-N with N > free rows);
 - lm_tokens_prefilled: prompt tokens run through the LM (a prompt shared by N samples counts once);
 - lm_tokens_decoded: response tokens run through the LM, including tokens recomputed after a rewind;
 - tokens_generated: tokens sampled (kept or later rejected);
