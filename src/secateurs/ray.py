@@ -92,7 +92,9 @@ def _resolve_config(method: str, config: Any) -> DecodingConfig:
     if config is None:
         return config_class()
     if isinstance(config, dict):
-        return config_class.from_options(config)
+        from .config import build_config
+
+        return build_config(method, config)  # the one builder the CLI and align() use
     if type(config) is not config_class:
         raise SecateursError(f"method {method!r} takes a {config_class.__name__}, got a {type(config).__name__}")
     return config
