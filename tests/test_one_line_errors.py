@@ -207,3 +207,19 @@ def test_ctrl_c_while_loading_is_exit_130_with_one_line(where, tiny_policy_folde
     code, err = run_main(monkeypatch, capsys, *run_args(tiny_policy_folder, prompts, tmp_path / "o.jsonl"))
     assert code == 130
     assert one_line(err) == "interrupted: finished results are kept; run the same command again to resume"
+
+
+def test_ctrl_c_while_importing_torch_is_exit_130_with_one_line():
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    command = [sys.executable, "-c", "from secateurs.entry import main; main()", "run", "--help"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.3)  # `import secateurs` is instant; torch and transformers are still loading
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert "Traceback" not in err
+    assert err.strip() == "interrupted: finished results are kept; run the same command again to resume"

@@ -1,22 +1,27 @@
-"""secateurs: decoding-time alignment of language models, batched and KV-cached."""
+"""secateurs: decoding-time alignment of language models, batched and KV-cached.
 
-__version__ = "0.2.0.dev0"  # first: the modules below read it (results of other versions are not mixed)
+The public names are imported on first use (PEP 562), so `import secateurs` is instant and the
+command line can install its Ctrl-C handling before torch and transformers load (secateurs.entry).
+"""
 
-from .aligner import Aligner
-from .api import align
-from .backends.transformers import TransformersBackend
-from .config import build_config
-from .errors import RewardError, SecateursError
-from .meter import Cost
-from .models import load_policy
-from .policy import Policy
-from .prompts import Prompt, builtin_prompts, load_prompts
-from .results import AlignResult
-from .rewards import Reward, load_reward
-from .sampling import SamplingParams
-from .scheduler import Request, Scheduler
-from .sequence import Sequence
+__version__ = "0.2.0.dev0"  # results of other versions are never mixed into one output file
 
-__all__ = ["align", "Aligner", "AlignResult", "build_config", "Cost", "Policy", "Prompt", "Request", "Reward",
-           "RewardError", "SamplingParams", "Scheduler", "SecateursError", "Sequence", "TransformersBackend",
-           "builtin_prompts", "load_policy", "load_prompts", "load_reward"]
+import importlib
+
+_PUBLIC = {
+    "Aligner": "aligner", "align": "api", "TransformersBackend": "backends.transformers", "build_config": "config",
+    "RewardError": "errors", "SecateursError": "errors", "Cost": "meter", "load_policy": "models",
+    "Policy": "policy", "Prompt": "prompts", "builtin_prompts": "prompts", "load_prompts": "prompts",
+    "AlignResult": "results", "Reward": "rewards", "load_reward": "rewards", "SamplingParams": "sampling",
+    "Request": "scheduler", "Scheduler": "scheduler", "Sequence": "sequence",
+}
+
+__all__ = sorted(_PUBLIC)
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'secateurs' has no attribute {name!r}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from .entry import INTERRUPTED
 from .errors import SecateursError
 from .config import build_config, option_specs
 from .methods import get_method, method_names
@@ -297,7 +298,7 @@ def main() -> None:
         hf_logging.disable_progress_bar()  # our own progress bar is the one that matters
         cli(standalone_mode=False)
     except (click.exceptions.Abort, KeyboardInterrupt):
-        click.echo("interrupted: finished results are kept; run the same command again to resume", err=True)
+        click.echo(INTERRUPTED, err=True)
         sys.exit(130)
     except click.ClickException as e:
         e.show()
