@@ -23,8 +23,10 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
+from .backends.base import check_capabilities
 from .errors import SecateursError
 from .meter import Cost, Meter
+from .methods import get_method
 from .prompts import Prompt
 from .rewards import Reward, metered_score, metered_score_mixed
 from .sampling import SamplingParams, child_key
@@ -159,15 +161,8 @@ class Scheduler:
 
     # ------------------------------------------------------------------ requests in and out
     def add(self, request: Request) -> None:
-        from .methods import get_method
-
-        check = getattr(self.backend, "check_method", None)
-        method = get_method(request.method)
-        from .backends.base import check_capabilities
-
-        check_capabilities(self.backend, request.method, method.needs)
-        if check is not None:
-            check(method)
+        """Queue a request; a method the backend cannot serve is refused here, with one line."""
+        check_capabilities(self.backend, request.method, get_method(request.method).needs)
         self.waiting.append(request)
 
     def cancel(self, request: Request) -> None:
@@ -196,7 +191,7 @@ class Scheduler:
     # ------------------------------------------------------------------ the loop
     def step(self) -> list[Request]:
         done: list[Request] = []
-        self._admit(done)
+        self._admit()
         self._place()
         running = [s for r in self.active for s in r.live if s.status == RUNNING]
         if running:
@@ -228,7 +223,7 @@ class Scheduler:
             raise SecateursError(f"method {request.method!r} left prompt {request.prompt.id!r} with nothing to "
                                  "decode and no answer")
 
-    def _admit(self, done: list[Request]) -> None:
+    def _admit(self) -> None:
         free = self.max_batch_rows - self.backend.live_rows - self._queued_rows()
         decoding = any(s.status == RUNNING for r in self.active for s in r.live)
         admitted = []
@@ -241,8 +236,6 @@ class Scheduler:
         for request in admitted:
             self.meter.open(request)
         self.backend.prefill(admitted)
-        from .methods import get_method
-
         for request in admitted:
             method = get_method(request.method)
             request.policy = method.policy_class(request.config, Context(self, request))
