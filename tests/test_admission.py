@@ -2,25 +2,14 @@
 naming the setting and what would fit; a normal setting passes."""
 
 import json
-import sys
 
 import pytest
 
 from secateurs import admission
 from secateurs.admission import check_memory, rows_at_most
-from secateurs.cli import main
+from cli_main import run_main
 from secateurs.config import build_config
 from secateurs.errors import SecateursError
-
-
-def run_main(monkeypatch, capsys, *args) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["secateurs", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    return code, capsys.readouterr().err
 
 
 def test_absurd_max_batch_rows_is_refused_naming_what_fits(tiny_policy, caplog):

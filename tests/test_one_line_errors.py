@@ -4,7 +4,6 @@ type, non-finite method options from Python, and Ctrl-C while the models load.""
 
 import json
 import math
-import sys
 
 import pytest
 import torch
@@ -12,20 +11,10 @@ import yaml
 
 import secateurs.bench.run
 import secateurs.cli
-from secateurs.cli import main
+from cli_main import run_main
 from secateurs.config import build_config
 from secateurs.errors import SecateursError
 from secateurs.models import resolve_device
-
-
-def run_main(monkeypatch, capsys, *args) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["secateurs", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    return code, capsys.readouterr().err
 
 
 def one_line(err: str) -> str:

@@ -62,6 +62,28 @@ def _fields(prompt_field, messages_field, id_field, split) -> dict:
     return _options(prompt_field=prompt_field, messages_field=messages_field, id_field=id_field, split=split)
 
 
+def ray_options(command):
+    """--ray and its settings (run and bench)."""
+    command = click.option("--gpus-per-worker", type=float, default=None, help="--ray: GPUs per worker [0].")(command)
+    command = click.option("--workers", type=int, default=None, help="--ray: worker actors [2].")(command)
+    command = click.option("--ray-address", default=None,
+                           help="Ray cluster to join: auto or HOST:PORT [start a local Ray].")(command)
+    return click.option("--ray", "use_ray", is_flag=True,
+                        help="Run on a Ray cluster (pip install 'secateurs[ray]').")(command)
+
+
+def _ray_settings(use_ray, ray_address, workers, gpus_per_worker) -> dict | None:
+    """The Ray pool's settings, or None without --ray; Ray missing fails here, before anything loads."""
+    if not use_ray:
+        if ray_address or workers is not None or gpus_per_worker is not None:
+            raise SecateursError("--ray-address, --workers and --gpus-per-worker need --ray")
+        return None
+    from .ray import _import_ray
+
+    _import_ray()  # without Ray: one line saying what to install
+    return {"workers": workers or 2, "ray_address": ray_address, "gpus_per_worker": gpus_per_worker or 0}
+
+
 def _metavar(spec) -> str:
     return {int: "INT", float: "FLOAT", tuple: "INT,INT,..."}.get(spec.kind, "TEXT")
 
@@ -132,10 +154,7 @@ def cli(verbose: bool, debug: bool) -> None:
 @click.option("--shard", default=None, metavar="I/N",
               help="Run only slice I of N of the prompts (round-robin by position; e.g. a Slurm array task); "
                    "join the outputs with `secateurs merge`.")
-@click.option("--ray", "use_ray", is_flag=True, help="Run on a Ray cluster (pip install 'secateurs[ray]').")
-@click.option("--ray-address", default=None, help="Ray cluster to join: auto or HOST:PORT [start a local Ray].")
-@click.option("--workers", type=int, default=None, help="--ray: worker actors [2].")
-@click.option("--gpus-per-worker", type=float, default=None, help="--ray: GPUs per worker [0].")
+@ray_options
 @method_options
 def run(method, prompts_path, out, policy, reward, seed, device, quiet, shard, use_ray, ray_address, workers,
         gpus_per_worker, prompt_field, messages_field, id_field, split, **options) -> None:
@@ -152,27 +171,21 @@ def run(method, prompts_path, out, policy, reward, seed, device, quiet, shard, u
         # Without --method, each demo method takes its demo settings and the options that apply to it.
         configs[m] = build_config(m, given if method else
                                   {**DEMO_METHODS[m], **{k: v for k, v in given.items() if k in known}})
-    if not use_ray and (ray_address or workers is not None or gpus_per_worker is not None):
-        raise SecateursError("--ray-address, --workers and --gpus-per-worker need --ray")
     if use_ray and not method:
         raise SecateursError("--ray needs --method")
-    if use_ray:
-        from .ray import _import_ray
-
-        _import_ray()  # without Ray: one line saying what to install, before anything loads
+    ray = _ray_settings(use_ray, ray_address, workers, gpus_per_worker)
     fields = _fields(prompt_field, messages_field, id_field, split)
     prompts = load_prompts(prompts_path, **fields) if prompts_path else builtin_prompts()
     if shard is not None:
         from .shard import select_shard
 
         prompts = select_shard(prompts, shard)
-    if use_ray:
+    if ray is not None:
         from .ray import align_dataset
 
         target = out or Path("secateurs-out") / f"{method}.jsonl"
         results = align_dataset(prompts, method, configs[method], policy=policy, reward=reward, seed=seed,
-                                out=target, workers=workers or 2, ray_address=ray_address,
-                                gpus_per_worker=gpus_per_worker or 0, device=device, progress=not quiet)
+                                out=target, device=device, progress=not quiet, **ray)
         if not quiet:
             click.echo(f"{method}: {len(prompts)} results in {target}", err=True)
             _print_summary({method: results})
@@ -218,10 +231,7 @@ def run(method, prompts_path, out, policy, reward, seed, device, quiet, shard, u
 @click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples for intervals [1000].")
 @click.option("--device", default=None)
 @prompt_field_options
-@click.option("--ray", "use_ray", is_flag=True, help="Run the cells on a Ray cluster (pip install 'secateurs[ray]').")
-@click.option("--ray-address", default=None, help="Ray cluster to join: auto or HOST:PORT [start a local Ray].")
-@click.option("--workers", type=int, default=None, help="--ray: worker actors [2].")
-@click.option("--gpus-per-worker", type=float, default=None, help="--ray: GPUs per worker [0].")
+@ray_options
 def bench(more_methods, first_method, config_path, prompts_path, out, policy, reward, gold_reward, reference,
           tie_margin, max_new_tokens, seed, bootstrap, device, prompt_field, messages_field, id_field, split,
           use_ray, ray_address, workers, gpus_per_worker) -> None:
@@ -258,14 +268,7 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
         command="secateurs bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
         prompt_fields=_fields(prompt_field, messages_field, id_field, split),
     )
-    ray = None
-    if use_ray:
-        from .ray import _import_ray
-
-        _import_ray()
-        ray = {"workers": workers or 2, "ray_address": ray_address, "gpus_per_worker": gpus_per_worker or 0}
-    elif ray_address or workers is not None or gpus_per_worker is not None:
-        raise SecateursError("--ray-address, --workers and --gpus-per-worker need --ray")
+    ray = _ray_settings(use_ray, ray_address, workers, gpus_per_worker)
     prompts, results, setting = run_bench(spec, device=device, ray=ray)
     summary = write_report(spec, prompts, results, setting)
     click.echo(f"{'method':36s} {'reward':>8s} {'seconds':>8s} {'LM tokens':>10s} {'RM calls':>9s}")

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 from .errors import SecateursError
 from .methods import get_method
 from .methods.base import DecodingConfig
-from .results import AlignResult
+from .results import AlignResult, open_results
 
 INSTALL_HINT = "--ray needs Ray: pip install 'secateurs[ray]'"
 ACTOR_PREFIX = "secateurs-worker"
@@ -166,16 +166,6 @@ def _prompts_per_batch(config: DecodingConfig) -> int:
     rows = getattr(config, "max_batch_rows", 64)
     per_prompt = config.rows_per_prompt() if hasattr(config, "rows_per_prompt") else 1
     return max(1, int(rows) // max(1, int(per_prompt)))
-
-
-def _open_results(out: Path, fingerprint: str, prompts: Sequence[Any]):
-    """(results already in `out` by id, a writer appending to it), refusing another configuration's file."""
-    from . import results
-
-    if hasattr(results, "open_results"):
-        return results.open_results(out, fingerprint, prompts)
-    done = results.read_results(out, fingerprint, [p.id for p in prompts])
-    return done, results.ResultWriter(out)
 
 
 class RayWorkers:
@@ -339,7 +329,7 @@ class RayWorkers:
         self._get(checks)
 
         if out is not None:
-            done, writer = _open_results(Path(out), fingerprint, prompt_list)
+            done, writer = open_results(Path(out), fingerprint, prompt_list)
             done = dict(done)
         else:
             done, writer = {}, None

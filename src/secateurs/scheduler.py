@@ -30,7 +30,7 @@ from .methods import get_method
 from .prompts import Prompt
 from .rewards import Reward, metered_score, metered_score_mixed
 from .sampling import SamplingParams, child_key
-from .sequence import QUEUED, RELEASED, RUNNING, STOPPED, Sequence
+from .sequence import RELEASED, RUNNING, Sequence
 
 _ids = itertools.count()
 
