@@ -279,6 +279,54 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
 
 
 @cli.command()
+@click.option("--method", type=click.Choice(method_names()), default="best-of-n", show_default=True,
+              help="The method of requests that name none (a request names its own in extra_body "
+                   "{'secateurs': {'method': ...}}).")
+@click.option("--policy", default=None, help="Hugging Face model id or folder, or a .gguf file. "
+                                             "Default: the packaged SmolLM2-135M-Instruct.")
+@click.option("--reward", default=None, help="Reward spec (as for run).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of requests that send none.")
+@click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available].")
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Requests that may wait for rows; more get HTTP 429 with Retry-After.")
+@click.option("--api-key", default=None, envvar="SECATEURS_API_KEY",
+              help="Require 'Authorization: Bearer KEY' on /v1/* [$SECATEURS_API_KEY; none: open].")
+@click.option("--keepalive", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+              help="Seconds of silence after which a stream gets an SSE keep-alive comment.")
+@method_options
+def serve(method, policy, reward, seed, device, host, port, max_queue, api_key, keepalive, **options) -> None:
+    """Serve an OpenAI-compatible API (chat and completions) that aligns concurrent requests in one batch.
+
+    Method options given here are the defaults of requests (for the methods that take them); a
+    request may set its own in extra_body {'secateurs': {...}}.
+    """
+    try:
+        import uvicorn
+
+        from .serve import ServeDefaults, ServeSettings, create_app
+    except ImportError as e:
+        raise SecateursError(f"secateurs serve needs the serve extra ({e.name} is missing): "
+                             "pip install 'secateurs[serve]'") from None
+    from .aligner import Aligner
+
+    given = _options(**options)
+    config = build_config(method, given)  # bad options fail before any model loads
+    loaded_policy = load_policy(policy, device=device)
+    loaded_reward = load_reward(reward, device=device)
+    aligner = Aligner(loaded_policy, loaded_reward, max_batch_rows=config.max_batch_rows)
+    settings = ServeSettings(model=loaded_policy.name,
+                             defaults=ServeDefaults(method, given, seed, config.max_batch_rows),
+                             max_queue=max_queue, api_key=api_key, keepalive_s=keepalive)
+    click.echo(f"serving {loaded_policy.name!r} ({method} by default) on http://{host}:{port}/v1", err=True)
+    try:
+        uvicorn.run(create_app(aligner, settings), host=host, port=port, log_level="warning")
+    finally:
+        aligner.close()
+
+
+@cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="The joined JSONL.")
 def merge(inputs, out) -> None:

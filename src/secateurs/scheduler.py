@@ -46,6 +46,10 @@ class Request:
     seed: int
     key: int  # the prompt's random key: prompt_key(seed, prompt.id)
     on_done: Callable[["Request"], None] | None = None
+    # Streaming: called (in the scheduler's thread) with the response token ids committed so far:
+    # each decoded token of a method that answers with one sample (`streams_tokens`), each segment a
+    # method accepts (Context.progress). Committed tokens are final: the answer starts with them.
+    on_progress: Callable[[list[int]], None] | None = None
     id: int = field(default_factory=lambda: next(_ids))
     # filled in by the scheduler
     policy: Any = None
@@ -140,6 +144,11 @@ class Context:
     def kv_bytes_per_token(self) -> int:
         return self._backend.kv_bytes_per_token()
 
+    def progress(self, tokens: list[int]) -> None:
+        """Tell a streaming client that the answer starts with `tokens` (e.g. an accepted segment)."""
+        if self.request.on_progress is not None:
+            self.request.on_progress(list(tokens))
+
     def finish(self, outcome) -> None:
         self.request.outcome = outcome
 
@@ -203,6 +212,7 @@ class Scheduler:
                 if s.finished and not s.keep_finished:
                     self.backend.release([s])  # its tokens stay on the handle
                 s.request.stopped.append(s)
+            self._stream_tokens(running)
         idle = [r for r in self.active if r.idle and r.stopped]
         if idle:
             self._score([s for r in idle for s in r.stopped])
@@ -216,6 +226,14 @@ class Scheduler:
                 self._finish(r, done)
         self.meter.mark(self.active)
         return done
+
+    @staticmethod
+    def _stream_tokens(running: list[Sequence]) -> None:
+        """A method whose answer is its one sample (`streams_tokens`) streams each token as drawn."""
+        for s in running:
+            r = s.request
+            if r.on_progress is not None and getattr(r.policy, "streams_tokens", False):
+                r.on_progress(list(s.tokens))
 
     @staticmethod
     def _check_progress(request: Request) -> None:

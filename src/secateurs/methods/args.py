@@ -56,6 +56,7 @@ class RewardGuidedChooser:
 @register("args", ArgsConfig, "token-level reward-guided search: argmax of logit + w * reward over the top-k tokens")
 class Args(MethodPolicy):
     needs = frozenset({BATCH_INVARIANT, KV_PRUNE, CHOOSER})
+    streams_tokens = True  # its one (searched) sample is the answer: a server may stream it token by token
 
     def start(self) -> None:
         self.ctx.sample([0], chooser=RewardGuidedChooser(self.config.top_k, self.config.weight))

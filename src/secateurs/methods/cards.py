@@ -158,6 +158,7 @@ class Cards(TargetedPolicy):
         self.rejections.append(self.retries)
         self.accepted_rewards.append(winner.reward)
         self.accepted, self.retries, self.best = winner.length, 0, None
+        ctx.progress(winner.tokens)  # an accepted segment is final: a server streams it now
         if winner.finished or self.accepted >= config.max_new_tokens:
             winner.finish_reason = winner.finish_reason or "length"
             ctx.finish(self.outcome(winner, **self._details()))

@@ -17,6 +17,8 @@ class SamplingConfig(DecodingConfig):
 
 @register("sampling", SamplingConfig, "one sample per prompt, no alignment (the baseline)")
 class PlainSampling(MethodPolicy):
+    streams_tokens = True  # its one sample is the answer: a server may stream it token by token
+
     def start(self) -> None:
         self.ctx.sample([0])
 
