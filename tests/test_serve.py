@@ -21,7 +21,7 @@ from secateurs.config import build_config
 from secateurs.errors import SecateursError
 from secateurs.models import load_policy
 from secateurs.rewards import Reward, load_reward
-from secateurs.serve import ServeDefaults, ServeSettings, create_app
+from secateurs.serve import ServeDefaults, ServeSettings, create_app, warm_up
 from secateurs.serve.text import AnswerText
 
 REWARD = "sentiment+civility"
@@ -64,6 +64,7 @@ def server(tiny_policy_folder):
     backend = RecordingBackend(policy)
     reward = GatedReward(load_reward(REWARD))
     aligner = Aligner(policy, reward, max_batch_rows=ROWS, backend=backend)
+    warm_up(aligner)
     settings = ServeSettings(model=policy.name, defaults=ServeDefaults("sampling", {"max_new_tokens": 16}, 0, ROWS),
                              max_queue=64, keepalive_s=0.05)
     app = create_app(aligner, settings)
@@ -130,6 +131,7 @@ def test_answer_equals_secateurs_run_for_the_same_prompt_id_and_seed(server, tmp
     ext = r.model_extra["secateurs"]
     assert ext["reward"] == pytest.approx(expected["reward"])
     assert ext["details"] == expected["details"]
+    assert ext["config"] == {**expected["config"], "max_batch_rows": ROWS}  # rows are the server's
     assert ext["cost"]["tokens_generated"] == expected["cost"]["tokens_generated"]
     assert ext["cost"]["rm_calls"] == expected["cost"]["rm_calls"]
     assert r.usage.completion_tokens == expected["response_tokens"]
@@ -249,24 +251,50 @@ def test_streamed_text_never_splits_a_character_and_holds_back_a_stop_string_sta
     assert stream.stopped_at == len("thé ✓ 日本".encode())
 
 
-def test_disconnect_frees_rows_at_once(server):
-    front = server["front"]
+def test_disconnect_cancels_the_request_and_frees_its_rows(server):
+    front, gate = server["front"], server["gate"]
     gone_before = metric(server, 'secateurs_requests_total{method="cards",status="499"}')
     body = {"model": server["model"], "messages": CHAT, "max_tokens": 200, "seed": 0, "stream": True,
             "secateurs": LONG}
     with httpx.stream("POST", server["url"] + "/v1/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
-        it = r.iter_lines()
-        next(it)
-        assert wait_for(lambda: front.rows_busy() == ROWS)
-    # the stream was dropped mid-decode
-    assert wait_for(lambda: health(server)["in_flight"] == 0 and health(server)["rows_busy"] == 0, 10)
-    body["stream"] = False
-    with pytest.raises(httpx.ReadTimeout):  # a non-streaming client that gives up
-        httpx.post(server["url"] + "/v1/chat/completions", json=body, timeout=0.5)
-    assert wait_for(lambda: health(server)["in_flight"] == 0 and health(server)["rows_busy"] == 0, 10)
+        (request,) = front.pending
+        for line in r.iter_lines():  # up to the first accepted segment: the request is mid-answer
+            if '"content": "' in line and '"content": ""' not in line:
+                break
+        assert request.outcome is None and front.rows_busy() > 0
+    # the stream was dropped: the request is cancelled, not finished, and its rows are free
+    assert wait_for(lambda: request.cancelled and front.rows_busy() == 0 and not front.pending, 10)
+    assert request.outcome is None
+
+    # A non-streaming client that stops waiting while its request is queued (the scheduler is held
+    # in another request's RM call) has its request dropped from the queue.
+    body.update(stream=False, max_tokens=4, secateurs={"method": "cards"})
+    blocker = threading.Thread(target=lambda: chat(server, max_tokens=4))
+    gate.clear()
+    try:
+        blocker.start()
+        assert wait_for(lambda: len(front.pending) == 1 and front.queue_depth() == 0)
+        gave_up = []
+
+        def give_up():
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(server["url"] + "/v1/chat/completions", json=body, timeout=1.0)
+            gave_up.append(True)
+
+        client_thread = threading.Thread(target=give_up)
+        client_thread.start()
+        assert wait_for(lambda: front.queue_depth() == 1)
+        (queued,) = [r for r in front.pending if r.policy is None]
+        client_thread.join(timeout=30)
+        assert gave_up
+    finally:
+        gate.set()
+    blocker.join(timeout=30)
+    assert wait_for(lambda: queued.cancelled and not front.pending, 10)
+    assert queued.outcome is None and queued.policy is None  # dropped from the queue, never admitted
     gone = metric(server, 'secateurs_requests_total{method="cards",status="499"}')
-    assert gone - gone_before == 2  # both cancelled, not finished
+    assert gone - gone_before == 2
     assert chat(server, max_tokens=4).choices[0].message.content is not None  # still serving
 
 
@@ -328,6 +356,8 @@ def test_bad_input_gets_one_line_errors_and_the_server_keeps_serving(server):
     assert post({**ok, "frobnicate": 1}) == (400, "unknown field 'frobnicate'")
     assert post({**ok, "max_tokens": 4, "secateurs": {"max_new_tokens": 8}})[1].startswith(
         "secateurs.max_new_tokens=8 conflicts with max_tokens=4")
+    assert post({**ok, "max_completion_tokens": 8}) == (
+        400, "max_completion_tokens=8 conflicts with max_tokens=4")
     assert post({**ok, "secateurs": {"max_batch_rows": 2}})[1].startswith("secateurs.max_batch_rows is the server")
     assert post({**ok, "messages": [{"role": "user", "content": "tea " * 300}]})[1].startswith(
         "prompt '0' is too long")

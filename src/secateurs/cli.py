@@ -305,7 +305,7 @@ def serve(method, policy, reward, seed, device, host, port, max_queue, api_key, 
     try:
         import uvicorn
 
-        from .serve import ServeDefaults, ServeSettings, create_app
+        from .serve import ServeDefaults, ServeSettings, create_app, warm_up
     except ImportError as e:
         raise SecateursError(f"secateurs serve needs the serve extra ({e.name} is missing): "
                              "pip install 'secateurs[serve]'") from None
@@ -316,6 +316,7 @@ def serve(method, policy, reward, seed, device, host, port, max_queue, api_key, 
     loaded_policy = load_policy(policy, device=device)
     loaded_reward = load_reward(reward, device=device)
     aligner = Aligner(loaded_policy, loaded_reward, max_batch_rows=config.max_batch_rows)
+    warm_up(aligner)
     settings = ServeSettings(model=loaded_policy.name,
                              defaults=ServeDefaults(method, given, seed, config.max_batch_rows),
                              max_queue=max_queue, api_key=api_key, keepalive_s=keepalive)

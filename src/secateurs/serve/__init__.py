@@ -5,7 +5,7 @@ options), text.py (streamed text deltas, stop strings), responses.py (response b
 metrics.py (Prometheus). Needs the `serve` extra: pip install 'secateurs[serve]'.
 """
 
-from .app import ServeSettings, create_app
+from .app import ServeSettings, create_app, warm_up
 from .protocol import ServeDefaults
 
-__all__ = ["ServeDefaults", "ServeSettings", "create_app"]
+__all__ = ["ServeDefaults", "ServeSettings", "create_app", "warm_up"]
