@@ -19,13 +19,15 @@ from typing import Any, AsyncIterator
 
 from fastapi import FastAPI, Request as HttpRequest
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from ..aligner import Aligner
 from ..errors import SecateursError
+from ..prompts import make_prompt
 from ..results import AlignResult
 from ..scheduler import Request
-from .metrics import CONTENT_TYPE_LATEST, ServerMetrics
+from .metrics import ServerMetrics
 from .protocol import ApiError, Job, ServeDefaults, parse_json, parse_request
 from .responses import DONE, KEEP_ALIVE, Shape, extension, finish_reason, sse, usage
 from .text import AnswerText
@@ -218,6 +220,12 @@ async def _disconnected(http: HttpRequest) -> None:
         message = await http.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def warm_up(aligner: Aligner) -> None:
+    """One RM call before serving: rewards load their models lazily, which would otherwise stall the
+    first requests' decoding (the scheduler thread waits in that call)."""
+    aligner.reward.score([make_prompt("hello", "warm-up")], ["hello"])
 
 
 def create_app(aligner: Aligner, settings: ServeSettings) -> FastAPI:
