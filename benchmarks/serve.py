@@ -118,12 +118,10 @@ async def mixed(server: Server, max_tokens: int) -> None:
     print(f"  server peak RSS: {server.rss_mib('VmHWM'):.0f} MiB")
 
 
-async def flood(server: Server, count: int, queue: int) -> None:
-    rss_before = server.rss_mib("VmRSS")
+async def flood(server: Server, count: int, queue: int, rounds: int = 2) -> None:
     client = openai.AsyncOpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=600)
-    statuses: dict[str, int] = {}
 
-    async def one(i: int) -> None:
+    async def one(i: int, statuses: dict[str, int]) -> None:
         try:
             await client.chat.completions.create(model=server.model, max_tokens=8, seed=i,
                                                  messages=[{"role": "user", "content": f"Say something kind, {i}"}],
@@ -137,18 +135,20 @@ async def flood(server: Server, count: int, queue: int) -> None:
             key = type(e).__name__
         statuses[key] = statuses.get(key, 0) + 1
 
-    start = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(count)))
-    seconds = time.perf_counter() - start
-    answered = statuses.get("200", 0) + statuses.get("429", 0)
-    print(f"flood: {count} requests at once, --max-queue {queue}: {seconds:.1f} s")
-    print(f"  statuses: {dict(sorted(statuses.items()))}; 200 or 429: {answered}/{count}; "
-          f"lost or hung: {count - sum(statuses.values())}")
-    print(f"  server RSS before / after: {rss_before:.0f} / {server.rss_mib('VmRSS'):.0f} MiB "
-          f"(peak {server.rss_mib('VmHWM'):.0f} MiB)")
-    health = httpx.get(server.url + "/health").json()
-    print(f"  after the flood: in flight {health['in_flight']}, queue {health['queue_depth']}, "
-          f"rows busy {health['rows_busy']}")
+    await one(-1, {})  # warm-up: the first decode allocates what every later one reuses
+    print(f"flood: {count} requests at once, {rounds} rounds, --max-queue {queue}; "
+          f"server RSS after warm-up {server.rss_mib('VmRSS'):.0f} MiB")
+    for round_ in range(1, rounds + 1):
+        statuses: dict[str, int] = {}
+        start = time.perf_counter()
+        await asyncio.gather(*(one(i, statuses) for i in range(count)))
+        seconds = time.perf_counter() - start
+        answered = statuses.get("200", 0) + statuses.get("429", 0)
+        health = httpx.get(server.url + "/health").json()
+        print(f"  round {round_}: {seconds:.1f} s, statuses {dict(sorted(statuses.items()))}; 200 or 429: "
+              f"{answered}/{count}; lost or hung: {count - sum(statuses.values())}; server RSS "
+              f"{server.rss_mib('VmRSS'):.0f} MiB (peak {server.rss_mib('VmHWM'):.0f}); after: in flight "
+              f"{health['in_flight']}, queue {health['queue_depth']}, rows busy {health['rows_busy']}")
 
 
 def main() -> None:
