@@ -116,6 +116,7 @@ async def mixed(server: Server, max_tokens: int) -> None:
     print(f"  failed requests: {failed}")
     print(f"  concurrent answers equal to sequential: {equal}/{len(reqs)}")
     print(f"  server peak RSS: {server.rss_mib('VmHWM'):.0f} MiB")
+    await client.close()
 
 
 async def flood(server: Server, count: int, queue: int, rounds: int = 2) -> None:
@@ -149,6 +150,7 @@ async def flood(server: Server, count: int, queue: int, rounds: int = 2) -> None
               f"{answered}/{count}; lost or hung: {count - sum(statuses.values())}; server RSS "
               f"{server.rss_mib('VmRSS'):.0f} MiB (peak {server.rss_mib('VmHWM'):.0f}); after: in flight "
               f"{health['in_flight']}, queue {health['queue_depth']}, rows busy {health['rows_busy']}")
+    await client.close()
 
 
 def main() -> None:

@@ -321,7 +321,7 @@ def test_full_queue_answers_429_with_retry_after(server):
     for t in threads:
         t.join(timeout=30)
     assert len(answers) == 3  # the queued requests are answered once rows free up
-    assert metric(server, 'secateurs_requests_total{method="?",status="429"}') >= 1
+    assert metric(server, 'secateurs_requests_total{method="sampling",status="429"}') >= 1
 
 
 @pytest.mark.parametrize("ext, cli_args", [

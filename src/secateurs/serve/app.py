@@ -84,26 +84,30 @@ class Front:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    async def accept(self, http: HttpRequest, chat: bool) -> tuple[Job, Request]:
+    async def read(self, http: HttpRequest, chat: bool) -> Job:
         self.check_key(http)
         body = parse_json(await self.read_body(http))
         job = parse_request(body, "messages" if chat else "prompt", self.settings.defaults)
         if job.model != self.settings.model:
             raise ApiError(404, f"model {job.model!r} is not served here; this server serves "
                                 f"{self.settings.model!r}", "model", kind="not_found_error")
+        return job
+
+    def admit(self, job: Job) -> Request:
         if self.queue_depth() >= self.settings.max_queue:
             raise ApiError(429, f"the queue is full ({self.settings.max_queue} requests wait for rows); "
                                 f"retry in {self.settings.retry_after_s} s", kind="rate_limit_error",
                            headers={"Retry-After": str(self.settings.retry_after_s)})
         # build_config and the prompt-length check: the CLI's one-line messages
-        request = self.aligner.request(job.prompt, job.method, job.seed, **job.options)
-        return job, request
+        return self.aligner.request(job.prompt, job.method, job.seed, **job.options)
 
     # ------------------------------------------------------------------ answering
     async def complete(self, http: HttpRequest, chat: bool) -> Response:
-        method = "?"
+        method = "?"  # the metrics' label of a request refused before its method is known
         try:
-            job, request = await self.accept(http, chat)
+            job = await self.read(http, chat)
+            method = job.method
+            request = self.admit(job)
         except ApiError as e:
             self.metrics.refused(method, e.status)
             return JSONResponse(e.body(), e.status, headers=e.headers)
