@@ -280,3 +280,19 @@ def test_final_pool_authors_keeps_finished_survivors_eligible(tiny_policy):
     assert any(a.reward > o.reward for a, o in zip(authors, ours))  # it can matter
     for a, o in zip(authors, ours):
         assert set(o.details["final_pool_rewards"]) <= set(a.details["final_pool_rewards"])
+
+
+def test_the_command_line_says_when_a_budget_allows_no_decision(tiny_policy_folder, tmp_path):
+    import subprocess
+    import sys
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "a", "prompt": "how do i make tea"}\n{"id": "b", "prompt": "what is green"}\n')
+    run = subprocess.run([sys.executable, "-m", "secateurs.cli", "run", "--method", "speculative-rejection",
+                          "--policy", str(tiny_policy_folder), "--reward", "sentiment", "--n", "4",
+                          "--kv-budget-tokens", "5000", "--max-new-tokens", "8", "--prompts", str(prompts),
+                          "--out", str(tmp_path / "o.jsonl"), "--quiet"], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    lines = [line for line in run.stderr.splitlines() if "no decision point" in line]
+    assert len(lines) == 1 and "KV budget of 5000 tokens (kv_budget_tokens)" in lines[0], run.stderr
+    assert lines[0].startswith("warning: speculative-rejection")
