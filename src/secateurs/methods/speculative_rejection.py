@@ -68,8 +68,8 @@ FINAL_POOLS = ("survivors", "authors")
 
 @dataclass
 class SpeculativeRejectionConfig(DecodingConfig):
-    n: int | None = option(None, "Speculative Rejection: initial candidates B0 (default: from the KV budget "
-                                 "by the authors' rule min(budget // (prompt + 8), 1000), at most max_batch_rows)")
+    # auto: B0 from the KV budget by the authors' rule, min(budget // (prompt + 8), 1000), at most max_batch_rows
+    n: int | None = option(None, "samples per prompt (Best-of-N); initial candidates B0 (Speculative Rejection)")
     alpha: float = option(0.5, "Speculative Rejection: fraction rejected at each decision point, in [0, 1)")
     kv_budget_tokens: int | None = option(None, "Speculative Rejection: KV-cache tokens per prompt (live rows x "
                                                 "their lengths); default: derived from memory")
