@@ -1,6 +1,6 @@
 """Speculative Rejection against Best-of-N by the paper's protocol, scaled to this machine.
 
-    .venv/bin/python benchmarks/speculative_rejection.py [--prompts 4] [--max-new-tokens 512] \
+    .venv/bin/python benchmarks/speculative_rejection.py [--prompts 5] [--max-new-tokens 512] \
         [--bon-fits 2] [--alphas 0.5,0.9] [--quick] [--out-dir benchmarks/out/sr-paper]
 
 The protocol (Sun et al. 2024, section 5), scaled down:
@@ -60,7 +60,7 @@ def speedup(curve, score: float, own: float) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--prompts", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=5)
     parser.add_argument("--max-new-tokens", type=int, default=512)
     parser.add_argument("--bon-fits", type=int, default=2,
                         help="the Best-of-N whose full-length batch fills the KV budget M (the paper: 120)")
