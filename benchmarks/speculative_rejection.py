@@ -112,8 +112,11 @@ def main() -> None:
             reward=mean(r.reward for r in results), tokens=mean(r.cost.lm_tokens for r in results),
             device=mean(r.cost.lm_forward_calls for r in results),
             **{f"score_{k}": mean(scores(r.id, r.reward)[k] for r in results) for k in refs})
-        for r in results:  # SR's answer is Best-of-N's sample best_index, possibly cut short
+        draw = {r.id: r for r in draws}
+        for r in results:  # SR's answer is complete, so it is Best-of-N's sample best_index exactly
             assert r.details["b0"] == b0[r.id], (r.details["b0"], b0[r.id])
+            same = draw[r.id].details["candidate_rewards"][r.details["best_index"]]
+            assert abs(r.reward - same) <= 1e-6, (r.id, r.reward, same)  # 1e-6: draws scored before the RM fix
 
     print(f"\n{len(prompts)} AlpacaFarm prompts (P = {sorted(plen.values())} tokens), policy {policy.name}, "
           f"reward {reward.name}, max_new_tokens L = {L}, seed 0")

@@ -4,8 +4,6 @@ flip a close choice, and which texts share a call depends on the prompts in flig
 
 import random
 
-import pytest
-
 from secateurs.prompts import make_prompts
 from secateurs.rewards import HFReward, load_reward
 from secateurs.rewards.base import PAD_MULTIPLE, length_buckets
