@@ -35,4 +35,5 @@ class BestOfN(MethodPolicy):
         # Every sample finished and was scored; the first of equal rewards wins.
         rewards = [s.reward for s in self.samples]
         best = max(range(len(rewards)), key=lambda i: rewards[i])
-        self.ctx.finish(self.outcome(self.samples[best], best_index=best, candidate_rewards=rewards))
+        self.ctx.finish(self.outcome(self.samples[best], best_index=best, candidate_rewards=rewards,
+                                     candidate_lengths=[s.length for s in self.samples]))

@@ -1,42 +1,75 @@
 """Speculative Rejection (Sun et al., NeurIPS 2024): Best-of-N quality at a fraction of its cost.
 
-Start n (B0) candidates per prompt. Decode until the prompt's KV budget is full (the decision
-point), score every partial response with the RM as if complete, pool the live candidates with
-those already finished, keep the top round((1 - alpha) * |pool|), and let only unfinished
-survivors decode on; the freed memory lets them run about 1 / (1 - alpha) times longer before the
-next decision. Repeat until no candidate is live or max_new_tokens is reached, and answer with
-the best-scoring complete response in the final pool.
+Start B0 candidates per prompt. Decode until the prompt's KV budget is full (the decision point),
+score every partial response with the RM as if complete, pool the live candidates with those
+already finished, keep the top round((1 - alpha) * |pool|), and let only unfinished survivors
+decode on; the freed memory lets them run about 1 / (1 - alpha) times longer before the next
+decision. Repeat until no candidate is live or max_new_tokens is reached, and answer with the
+best-scoring complete response in the final pool.
 
 Beyond the authors' code: rejected rows are pruned from the KV cache in place (no re-prefill, no
 text round trip); several prompts run in one batch, each rejecting only among its own candidates
 and on its own schedule; a prompt that finishes frees its rows for the next prompt's candidates.
 
-The budget. Each prompt gets `kv_budget_tokens` cache tokens (its live rows x their lengths,
-prompt included, as each candidate holds its own copy). If not given, it is derived from
-`memory_gib` (bytes / KV bytes per token, shared by the prompts in flight); else from the
-backend's KV capacity (on a GPU, 90% of its free memory, as in the paper); on a CPU, whose RAM
-would let the decision point never come,
-it is n x (prompt length + first_decision_tokens): the budget the paper's B0 rule (the largest
-batch that fits a short run) would give, so the method behaves as on a memory-bound GPU.
-`decision_tokens` replaces the budget by an explicit schedule.
+B0 (see `initial_candidates`). Without `n`, B0 comes from the KV budget M (tokens) by the authors'
+rule: the largest batch for which the prompt plus a short run of 8 tokens fits, capped at 1000:
+B0 = min(M // (P + 8), 1000). Their code (github.com/Zanette-Labs/SpeculativeRejection,
+`generate` in speculative_rejection.py) writes it as B0 = min(2 a / (P + b), 1000) with a / (L + b)
+a per-model fit of the batch that fits length L, then shrinks B0 by 10% while fewer than 8 new
+tokens fit; exact KV accounting gives the same batch without the fit (theirs lands up to 10%
+below it). B0 is capped at max_batch_rows (rows decode together); the budget is then scaled to
+those rows (M x B0 / rule's B0) so the decisions fall where the rule's B0 would put them, and
+the details say so. With `n`, B0 = n.
+
+The budget M (KV-cache tokens of one prompt: its live rows x their lengths, prompt included, as
+each candidate holds its own copy), in order of precedence:
+- `decision_tokens`: an explicit schedule instead of a budget (B0 still comes from the default budget
+  when n is absent);
+- `kv_budget_tokens`;
+- `memory_gib`: bytes / KV bytes per token, shared by the prompts in flight (max_batch_rows // n
+  of them; with n absent each prompt is sized alone, as the authors run one prompt at a time);
+- with `n` given: n x (P + first_decision_tokens), so the first decision comes that many tokens in
+  (a budget of all device memory would put it past max_new_tokens whenever n candidates fit at
+  full length: Best-of-n at full cost); on a GPU never more than its free memory allows;
+- else the device: on a GPU 90% of its free memory (as in the paper), on a CPU, whose RAM would
+  never bring a decision, a fixed CPU_KV_BUDGET_TOKENS per prompt (not tied to n).
+
+The final pool (`final_pool`): finished candidates compete for the kept slots at every decision.
+'survivors' (ours, as the paper's algorithm reads): the answer is the best of the finished
+candidates still kept at the end. 'authors' (their code): a finished candidate that survived one
+decision stays eligible for the answer even if a later decision drops it. Decoding is identical;
+'authors' can only raise the answer's reward, when a finished candidate lost its slot to partial
+responses whose scores fell once complete.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 
 from ..errors import SecateursError
 from .base import DecodingConfig, MethodPolicy, option, register
 
-# Each decode segment is at least this long (the paper sizes B0 so a short run of >= 8 tokens
+log = logging.getLogger(__name__)
+
+# Each decode segment is at least this long (the authors size B0 so a short run of >= 8 tokens
 # fits); it also bounds the scoring cost when rounding keeps every candidate.
 MIN_SEGMENT_TOKENS = 8
+# The authors' cap on B0.
+MAX_B0 = 1000
+# KV-cache tokens per prompt on a CPU when nothing else sets the budget: 4096 tokens (180 MiB for
+# the default policy, SmolLM2-135M in float32 at 45 KiB per token). With a typical 40-80 token
+# prompt the rule gives B0 of 46-85 (the old default n was 64), so a default run costs about
+# what it did, while the decisions come where this memory fills, as on a GPU.
+CPU_KV_BUDGET_TOKENS = 4096
+FINAL_POOLS = ("survivors", "authors")
 
 
 @dataclass
 class SpeculativeRejectionConfig(DecodingConfig):
-    n: int = option(64, "samples per prompt (Best-of-N); initial candidates B0 (Speculative Rejection)")
+    # auto: B0 from the KV budget by the authors' rule, min(budget // (prompt + 8), 1000), at most max_batch_rows
+    n: int | None = option(None, "samples per prompt (Best-of-N); initial candidates B0 (Speculative Rejection)")
     alpha: float = option(0.5, "Speculative Rejection: fraction rejected at each decision point, in [0, 1)")
     kv_budget_tokens: int | None = option(None, "Speculative Rejection: KV-cache tokens per prompt (live rows x "
                                                 "their lengths); default: derived from memory")
@@ -44,13 +77,17 @@ class SpeculativeRejectionConfig(DecodingConfig):
                                             "instead of kv_budget_tokens")
     decision_tokens: tuple[int, ...] | None = option(None, "Speculative Rejection: explicit response lengths to "
                                                            "reject at (e.g. 16,32,64), instead of a budget")
-    first_decision_tokens: int = option(16, "Speculative Rejection: on a CPU, the default budget is full this "
-                                            "many tokens in")
+    first_decision_tokens: int = option(16, "Speculative Rejection: with n given and no budget, the budget is "
+                                            "n x (prompt + this many tokens)")
+    final_pool: str = option("survivors", "Speculative Rejection: answer from the finished candidates still kept "
+                                          "('survivors') or also those that survived any decision ('authors')")
 
     def validate(self) -> None:
         super().validate()
         for name in ("n", "first_decision_tokens"):
             value = getattr(self, name)
+            if value is None and name == "n":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SecateursError(f"{name} must be an integer >= 1, got {value!r}")
 
@@ -71,16 +108,19 @@ class SpeculativeRejectionConfig(DecodingConfig):
             if not points or any(not integer(t) or t < 1 for t in points) or list(points) != sorted(set(points)):
                 raise SecateursError(f"decision_tokens must be increasing integers >= 1, got {self.decision_tokens!r}")
             self.decision_tokens = points
-        if self.n > self.max_batch_rows:
+        if self.final_pool not in FINAL_POOLS:
+            raise SecateursError(f"final_pool must be one of {', '.join(FINAL_POOLS)}, got {self.final_pool!r}")
+        if self.n is not None and self.n > self.max_batch_rows:
             raise SecateursError(f"n={self.n} candidates decode together (each decision ranks all of them), but "
                                  f"max_batch_rows is {self.max_batch_rows}: lower --n or raise --max-batch-rows")
 
     def rows_per_prompt(self) -> int:
-        return self.n
+        # B0 from memory is known only once the prompt's length is: reserve all rows (one prompt at a time).
+        return self.n if self.n is not None else self.max_batch_rows
 
     def in_flight(self) -> int:
-        """Prompts decoding at once, which share a memory budget."""
-        return max(1, self.max_batch_rows // self.n)
+        """Prompts decoding at once, which share a memory budget (one when B0 fills the memory)."""
+        return max(1, self.max_batch_rows // self.n) if self.n is not None else 1
 
 
 def keep_count(pool: int, alpha: float) -> int:
@@ -88,37 +128,73 @@ def keep_count(pool: int, alpha: float) -> int:
     return max(1, math.floor((1 - alpha) * pool + 0.5))
 
 
+def authors_b0(budget: int, prompt_len: int) -> int:
+    """The authors' B0: the largest batch whose prompt plus MIN_SEGMENT_TOKENS fits the budget, at most MAX_B0."""
+    return min(budget // (prompt_len + MIN_SEGMENT_TOKENS), MAX_B0)
+
+
 @register("speculative-rejection", SpeculativeRejectionConfig,
           "Best-of-N quality, cheaper: score partial responses and drop the weak ones early (Sun et al. 2024)")
 class SpeculativeRejection(MethodPolicy):
     def start(self) -> None:
-        self.budget = self._budget()
+        self.b0, self.b0_rule, self.budget, self.budget_source = self._plan()
         self.length = 0  # response length of the live candidates (they decode in lockstep)
         self.finished = []  # finished candidates not rejected (they compete at every decision)
+        self.ever_kept = {}  # sample -> finished candidate that survived a decision ('authors' final pool)
         self.decision_points: list[int] = []
         self.survivors: list[int] = []
+        first = self._next_decision(self.b0)
+        self.no_decision = None
+        if first >= self.config.max_new_tokens:
+            self.no_decision = self._why_no_decision()
+            self._warn_once(self.no_decision)
         # Step 1: B0 candidates; candidate j is Best-of-N's sample j.
-        self.live = self.ctx.sample(range(self.config.n), until=self._next_decision(self.config.n), gang=True)
+        self.live = self.ctx.sample(range(self.b0), until=first, gang=True)
 
-    def _budget(self) -> int | None:
-        config, prompt_len = self.config, self.ctx.prompt_len
-        if config.decision_tokens is not None:
-            return None
+    def _device_budget(self) -> tuple[int, str]:
+        """Tokens of the device's memory for one prompt: memory_gib, a GPU's free memory, or the CPU figure."""
+        config = self.config
+        if config.memory_gib is not None:
+            return (int(config.memory_gib * 2**30 / self.ctx.kv_bytes_per_token() / config.in_flight()),
+                    f"memory_gib={config.memory_gib}")
         capacity = self.ctx.kv_capacity_tokens()
+        if capacity is not None:  # as the paper: the decision point is where device memory is full
+            return capacity // config.in_flight(), "90% of free device memory"
+        return CPU_KV_BUDGET_TOKENS, f"CPU default ({CPU_KV_BUDGET_TOKENS} tokens)"
+
+    def _plan(self) -> tuple[int, int | None, int | None, str]:
+        """(B0, the rule's B0 or None, budget tokens or None, where the budget came from)."""
+        config, prompt_len = self.config, self.ctx.prompt_len
         if config.kv_budget_tokens is not None:
-            budget = config.kv_budget_tokens
-        elif config.memory_gib is not None:
-            budget = int(config.memory_gib * 2**30 / self.ctx.kv_bytes_per_token() / config.in_flight())
-        elif capacity is not None:  # as the paper: the decision point is where device memory is full
-            budget = capacity // config.in_flight()
+            budget, source = config.kv_budget_tokens, "kv_budget_tokens"
+        elif config.n is not None and config.memory_gib is None and config.decision_tokens is None:
+            budget, source = config.n * (prompt_len + config.first_decision_tokens), \
+                f"n x (prompt + first_decision_tokens={config.first_decision_tokens})"
+            capacity = self.ctx.kv_capacity_tokens()
+            if capacity is not None and capacity // config.in_flight() < budget:
+                budget, source = capacity // config.in_flight(), "90% of free device memory"
         else:
-            budget = config.n * (prompt_len + config.first_decision_tokens)
-        if budget < config.n * (prompt_len + 1):
+            budget, source = self._device_budget()
+        b0, rule = config.n, None
+        if b0 is None:
+            rule = authors_b0(budget, prompt_len)
+            if rule < 1:
+                raise SecateursError(f"KV budget of {budget} tokens ({source}) is too small for one candidate of a "
+                                     f"{prompt_len}-token prompt plus {MIN_SEGMENT_TOKENS} tokens "
+                                     f"(needs >= {prompt_len + MIN_SEGMENT_TOKENS})")
+            b0 = min(rule, config.max_batch_rows)
+            if b0 < rule and config.decision_tokens is None:
+                # Fewer rows than the rule's B0: give them the same share of memory each, so the
+                # decisions fall where the rule's B0 would put them.
+                budget, source = budget * b0 // rule, f"{source}, x {b0}/{rule} (B0 capped at max_batch_rows)"
+        if config.decision_tokens is not None:
+            return b0, rule, None, f"decision_tokens={list(config.decision_tokens)}"
+        if budget < b0 * (prompt_len + 1):
             raise SecateursError(
-                f"KV budget of {budget} tokens per prompt is too small for one decode step of n={config.n} "
-                f"candidates of a {prompt_len}-token prompt (needs >= {config.n * (prompt_len + 1)})"
+                f"KV budget of {budget} tokens per prompt ({source}) is too small for one decode step of n={b0} "
+                f"candidates of a {prompt_len}-token prompt (needs >= {b0 * (prompt_len + 1)})"
             )
-        return budget
+        return b0, rule, budget, source
 
     def _next_decision(self, live: int) -> int:
         """Step 2: the response length at which the live candidates fill the budget."""
@@ -128,6 +204,21 @@ class SpeculativeRejection(MethodPolicy):
             return min(later[0] if later else config.max_new_tokens, config.max_new_tokens)
         full_at = self.budget // live - self.ctx.prompt_len
         return min(max(full_at, self.length + MIN_SEGMENT_TOKENS), config.max_new_tokens)
+
+    def _why_no_decision(self) -> str:
+        config = self.config
+        if self.budget is None:
+            return (f"no decision point: every decision_tokens entry is >= max_new_tokens={config.max_new_tokens}; "
+                    f"this is Best-of-{self.b0}")
+        return (f"no decision point: a KV budget of {self.budget} tokens ({self.budget_source}) holds all "
+                f"{self.b0} candidates of this {self.ctx.prompt_len}-token prompt past max_new_tokens="
+                f"{config.max_new_tokens}; this is Best-of-{self.b0} at full cost (lower the budget or raise n)")
+
+    def _warn_once(self, message: str) -> None:
+        """One line per run (its config), not one per prompt."""
+        if not getattr(self.config, "_warned_no_decision", False):
+            self.config._warned_no_decision = True
+            log.warning("warning: speculative-rejection on prompt %r: %s", self.ctx.prompt.id, message)
 
     def on_idle(self, stopped) -> None:
         # Every candidate that stopped was scored: finished ones as complete, the others (at the
@@ -142,6 +233,7 @@ class SpeculativeRejection(MethodPolicy):
             kept_ids = {id(s) for s in kept}
             self.ctx.release([s for s in live if id(s) not in kept_ids])
             self.finished = [s for s in kept if s.finished]
+            self.ever_kept.update((s.sample, s) for s in self.finished)
             live = [s for s in live if id(s) in kept_ids]
             self.decision_points.append(self.length)
             self.survivors.append(len(kept))
@@ -152,8 +244,16 @@ class SpeculativeRejection(MethodPolicy):
             self.ctx.finish(self._answer())
 
     def _answer(self):
-        best = max(self.finished, key=lambda s: (s.reward, -s.sample))  # ties: lowest index, as Best-of-N
-        return self.outcome(best, candidates=self.config.n, kv_budget_tokens=self.budget,
-                            rounds=len(self.decision_points), decision_points=self.decision_points,
-                            survivors_per_round=self.survivors, best_index=best.sample,
-                            final_pool_rewards={s.sample: s.reward for s in sorted(self.finished, key=lambda s: s.sample)})
+        pool = {s.sample: s for s in self.finished}
+        if self.config.final_pool == "authors":
+            pool = {**self.ever_kept, **pool}
+        pool = [pool[j] for j in sorted(pool)]
+        best = max(pool, key=lambda s: (s.reward, -s.sample))  # ties: lowest index, as Best-of-N
+        details = dict(candidates=self.b0, b0=self.b0, b0_rule=self.b0_rule, kv_budget_tokens=self.budget,
+                       budget_source=self.budget_source, rounds=len(self.decision_points),
+                       decision_points=self.decision_points, survivors_per_round=self.survivors,
+                       best_index=best.sample, final_pool=self.config.final_pool,
+                       final_pool_rewards={s.sample: s.reward for s in pool})
+        if self.no_decision:
+            details["no_decision"] = self.no_decision
+        return self.outcome(best, **details)

@@ -116,6 +116,26 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {lines[0]}" if lines else type(e).__name__
 
 
+# Texts are padded to a multiple of this many tokens, fixed by their own length.
+PAD_MULTIPLE = 16
+
+
+def length_buckets(lengths: Sequence[int], batch_size: int, max_width: int | None = None
+                   ) -> list[tuple[int, list[int]]]:
+    """Batches for a model RM: (width, indices), every text in the batch of width
+    ceil(length / PAD_MULTIPLE) * PAD_MULTIPLE (at most max_width), at most batch_size texts each.
+
+    Padding a text to the longest text of its batch makes its score depend on which texts share the
+    batch (different shapes sum floats in a different order: up to 2e-7 on a reward, enough to flip a
+    close choice). Here a text's width, hence its computation, depends on its own length only."""
+    groups: dict[int, list[int]] = {}
+    for i, n in enumerate(lengths):
+        width = -(-max(n, 1) // PAD_MULTIPLE) * PAD_MULTIPLE
+        groups.setdefault(min(width, max_width) if max_width else width, []).append(i)
+    return [(width, indices[start:start + batch_size]) for width, indices in sorted(groups.items())
+            for start in range(0, len(indices), batch_size)]
+
+
 def word_count(text: str) -> int:
     """Token count for scorers that read words rather than model tokens."""
     return len(text.split())

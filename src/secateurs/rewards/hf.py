@@ -13,7 +13,7 @@ import torch
 
 from ..errors import SecateursError
 from ..models import resolve_device, resolve_dtype
-from .base import Reward
+from .base import Reward, length_buckets
 
 
 def looks_like_path(spec: str) -> bool:
@@ -77,20 +77,21 @@ class HFReward(Reward):
     @torch.no_grad()
     def _score(self, prompts, responses, partial):
         encoded = [self.encode(p, r) for p, r in zip(prompts, responses)]
-        scores: list[float] = []
-        for start in range(0, len(encoded), self.batch_size):
-            chunk = encoded[start:start + self.batch_size]
-            scores.extend(self._score_ids(chunk))
+        scores: list[float] = [0.0] * len(encoded)
+        # Each text padded to a width fixed by its own length: its score does not depend on its batch.
+        for width, indices in length_buckets([len(ids) for ids in encoded], self.batch_size, self.max_length):
+            for i, score in zip(indices, self._score_ids([encoded[i] for i in indices], width)):
+                scores[i] = score
         return scores, [len(ids) for ids in encoded]
 
-    def _score_ids(self, chunk: list[list[int]]) -> list[float]:
+    def _score_ids(self, chunk: list[list[int]], width: int | None = None) -> list[float]:
         # transformers reads a sequence-classification score at the last token that is not the pad
         # id; pick a pad id absent from every sequence so an EOS that doubles as pad is not skipped.
         used = {t for ids in chunk for t in ids}
         pad = self.tokenizer.pad_token_id
         if pad is None or pad in used:
             pad = next(i for i in range(self.model.config.vocab_size - 1, -1, -1) if i not in used)
-        width = max(len(ids) for ids in chunk)
+        width = max(width or 0, max(len(ids) for ids in chunk))
         input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
         mask = torch.zeros(len(chunk), width, dtype=torch.long)
         for i, ids in enumerate(chunk):

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SecateursError
-from .base import Reward, word_count
+from .base import Reward, length_buckets, word_count
 
 
 def _require(module: str, package: str) -> None:
@@ -80,6 +80,9 @@ def copied_fraction(prompt: str, response: str) -> float:
     return sum(g in source for g in grams) / len(grams)
 
 
+MAX_TOKENS = 256  # MiniLM reads at most this many tokens of a text
+
+
 class RelevanceReward(Reward):
     name = "relevance"
 
@@ -97,17 +100,20 @@ class RelevanceReward(Reward):
 
     @torch.no_grad()
     def embed(self, texts: list[str]) -> tuple[torch.Tensor, list[int]]:
+        """Unit vectors of the texts, each computed at a width fixed by its own length (see
+        `length_buckets`), so a text's vector does not depend on the texts batched with it."""
         tokenizer, model = self._encoder
-        vectors, lengths = [], []
-        for start in range(0, len(texts), self.batch_size):
-            enc = tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
-                            max_length=256, return_tensors="pt").to(self.device)
+        lengths = [len(ids) for ids in tokenizer(list(texts), truncation=True, max_length=MAX_TOKENS)["input_ids"]]
+        vectors: list[torch.Tensor | None] = [None] * len(texts)
+        for width, indices in length_buckets(lengths, self.batch_size, MAX_TOKENS):
+            enc = tokenizer([texts[i] for i in indices], padding="max_length", truncation=True,
+                            max_length=width, return_tensors="pt").to(self.device)
             hidden = model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)  # mean pooling, as MiniLM was trained
-            vectors.append(torch.nn.functional.normalize(pooled, dim=-1))
-            lengths.extend(enc["attention_mask"].sum(1).tolist())
-        return torch.cat(vectors), lengths
+            for i, v in zip(indices, torch.nn.functional.normalize(pooled, dim=-1)):
+                vectors[i] = v
+        return torch.stack(vectors), lengths
 
     def _score(self, prompts, responses, partial):
         unique = list(dict.fromkeys(p.text for p in prompts))
