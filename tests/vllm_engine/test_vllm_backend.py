@@ -90,6 +90,7 @@ def test_same_answers_whatever_shares_the_batch(backend):
     assert alone[0].details["candidate_rewards"] == together[1].details["candidate_rewards"]
     assert alone[0].details["candidate_rewards"] == one_row[0].details["candidate_rewards"]
     assert alone[0].response == together[1].response == one_row[0].response
+    assert len(set(alone[0].details["candidate_rewards"])) == 3  # each sample draws its own response
     other_seed = run(backend, "best-of-n", PROMPTS[:1], seed=1, n=3, max_new_tokens=12)
     assert other_seed[0].details["candidate_rewards"] != alone[0].details["candidate_rewards"]
 
@@ -126,6 +127,7 @@ def test_cards_segments_end_where_the_entropy_crosses_the_threshold(backend, hf_
                 inside += 1
             end = start + length
             last = k == len(lengths) - 1
+            assert last or length >= shortest  # only EOS or max_new_tokens end a segment early
             if length < longest and not last:  # cut before a high-entropy token
                 assert h[len(prompt) + end - 1] >= threshold - tol
                 cuts += 1

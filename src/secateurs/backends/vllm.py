@@ -164,6 +164,7 @@ class VllmBackend:
         """Start a vLLM engine on a policy given as for load_policy (default alias, .gguf, folder, Hub id)."""
         check_installed()
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine steps in this process
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its start-up report would bury our output
         from ..models import DEFAULT_POLICY, _DEFAULT_ALIASES, convert_gguf, packaged_gguf, resolve_dtype
 
         import vllm
