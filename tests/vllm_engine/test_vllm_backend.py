@@ -73,6 +73,7 @@ def test_speculative_rejection_with_alpha_zero_answers_as_best_of_n(backend):
 def test_speculative_rejection_aborts_rejected_requests_and_survivors_go_on_unchanged(backend):
     best = run(backend, "best-of-n", n=4, max_new_tokens=16)
     sr = run(backend, "speculative-rejection", n=4, alpha=0.5, decision_tokens=(4, 8), max_new_tokens=16)
+    assert not backend.engine.has_unfinished_requests()  # the rejected requests were aborted in the engine
     for b, s in zip(best, sr):
         engine = s.details["backend"]
         assert engine["aborted_requests"] >= 2  # half of four rejected at the first decision, at least
