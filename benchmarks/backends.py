@@ -84,7 +84,8 @@ def main() -> None:
             }
             print(f"{name:12s} {label:28s} {row['tokens']:7d} tokens {row['wall_s']:8.1f} s {row['tok_s']:8.1f} tok/s "
                   f"(LM only {row['lm_tok_s']:8.1f}) RM {row['rm_s']:6.1f} s  prompt tokens computed "
-                  f"{row['prompt_computed']:6d} cached {row['prompt_cached']:6d}  reward {row['reward']:.3f}", flush=True)
+                  f"{row['prompt_computed']:6d} cached {row['prompt_cached']:6d}  reward {row['reward']:.3f}",
+                  flush=True)
         del backend
     names = args.backends.split(",")
     if len(names) == 2:

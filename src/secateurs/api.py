@@ -55,7 +55,8 @@ def resolve_prompts(prompts: Any, *, prompt_field: str | None = None, messages_f
 
 def align(prompts: Any, policy: str | Policy | None = None, reward: str | Reward | Any = None,
           method: str = "best-of-n", seed: int = 0, out: str | Path | None = None, progress: bool = False,
-          device: str | None = None, *, backend: str | None = None, prompt_field: str | None = None, messages_field: str | None = None,
+          device: str | None = None, *, backend: Any = None, prompt_field: str | None = None,
+          messages_field: str | None = None,
           id_field: str | None = None, split: str | None = None, **options: Any) -> list[AlignResult]:
     """Answer each prompt with `method` and return one AlignResult per prompt (response, reward, config,
     seed and cost).

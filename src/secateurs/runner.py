@@ -78,7 +78,8 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     encoded = {}
     for p in prompts:
         encoded[p.id] = encode_prompt(policy, p, config)
-    if encoded and (backend is None or backend.name == "transformers"):  # a setting whose largest batch cannot fit fails now, not in the allocator
+    # A setting whose largest batch cannot fit fails now, not in the allocator (vLLM sizes its own cache).
+    if encoded and (backend is None or backend.name == "transformers"):
         check_memory(policy, config, [len(ids) for ids in encoded.values()])
     fingerprint = run_fingerprint(method, config, policy, reward, seed, backend)
     # Locks the output, refuses a foreign file, another configuration or changed prompts.

@@ -153,3 +153,23 @@ def test_fingerprint_names_backend_and_vllm_version(backend):
             != run_fingerprint("sampling", config, backend.policy, REWARD, 0))
     [result] = run(backend, "sampling", PROMPTS[:1], max_new_tokens=4)
     assert result.details["backend"]["vllm_version"] == vllm.__version__
+
+
+def test_aligner_on_vllm_answers_as_align(backend):
+    """The server's path: prompts submitted concurrently to one Aligner get the answers of a batch run."""
+    import asyncio
+
+    from secateurs.aligner import Aligner
+
+    expected = run(backend, "best-of-n", n=2, max_new_tokens=8)
+    aligner = Aligner(backend.policy, REWARD, max_batch_rows=8, backend=backend)
+
+    async def both():
+        return await asyncio.gather(*(aligner.submit(p, method="best-of-n", prompt_id=p.id, n=2, max_new_tokens=8)
+                                      for p in PROMPTS))
+    try:
+        got = asyncio.run(both())
+    finally:
+        aligner.close()
+    assert [r.response for r in got] == [r.response for r in expected]
+    assert [r.details["candidate_rewards"] for r in got] == [r.details["candidate_rewards"] for r in expected]

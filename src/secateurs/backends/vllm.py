@@ -306,7 +306,8 @@ class VllmBackend:
             stop_ids.add(self._marker)
             self.details[seq.request]["segments"] += 1
         if seq.chooser is not None:
-            raise SecateursError("the vllm backend cannot pick tokens with a chooser (ARGS); use --backend transformers")
+            raise SecateursError("the vllm backend cannot pick tokens with a chooser (ARGS); "
+                                 "use --backend transformers")
         params = SamplingParams(
             n=1, max_tokens=room, temperature=p.temperature, top_k=p.top_k if p.temperature > 0 else 0,
             top_p=p.top_p, seed=request_seed(seq.key, seq.draws), logprobs=0, stop_token_ids=sorted(stop_ids),
