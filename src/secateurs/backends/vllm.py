@@ -179,7 +179,11 @@ class VllmBackend:
         wanted = (device or platform).strip().lower() if isinstance(device, str) or device is None else str(device)
         if wanted in ("", "auto"):
             wanted = platform
-        if torch.device(wanted).type != torch.device(platform).type:
+        try:
+            wanted_type = torch.device(wanted).type
+        except (RuntimeError, TypeError, ValueError):
+            raise SecateursError(f"unknown device {device!r}: use cpu, cuda or cuda:N") from None
+        if wanted_type != torch.device(platform).type:
             raise SecateursError(f"the installed vLLM ({vllm.__version__}) runs on {platform}, not {wanted}: "
                                  + ("pip install 'secateurs[vllm]' for the CUDA build" if platform == "cpu"
                                     else f"use --device {platform}"))
