@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .backends import check_backend, check_method, make_backend
 from .errors import SecateursError
 from .config import build_config
 from .models import load_policy
@@ -54,7 +55,8 @@ def resolve_prompts(prompts: Any, *, prompt_field: str | None = None, messages_f
 
 def align(prompts: Any, policy: str | Policy | None = None, reward: str | Reward | Any = None,
           method: str = "best-of-n", seed: int = 0, out: str | Path | None = None, progress: bool = False,
-          device: str | None = None, *, prompt_field: str | None = None, messages_field: str | None = None,
+          device: str | None = None, *, backend: Any = None, prompt_field: str | None = None,
+          messages_field: str | None = None,
           id_field: str | None = None, split: str | None = None, **options: Any) -> list[AlignResult]:
     """Answer each prompt with `method` and return one AlignResult per prompt (response, reward, config,
     seed and cost).
@@ -66,10 +68,20 @@ def align(prompts: Any, policy: str | Policy | None = None, reward: str | Reward
     dataset from the local cache), or a `datasets.Dataset` / `DatasetDict` (see resolve_prompts).
     prompt_field, messages_field, id_field, split: which fields (and split) of a table or dataset
     hold the prompt, the conversation and the id (see secateurs.load_prompts).
+    backend: "transformers" (default) or "vllm" (pip install 'secateurs[vllm]'), or a ready backend from
+    secateurs.backends.make_backend (reused across calls: a vLLM engine takes a while to start).
     options: the method's config fields, e.g. n=16, max_new_tokens=128, temperature=1.0.
     """
     config = build_config(method, options)  # bad options fail before any model loads
+    engine = None if backend is None or isinstance(backend, str) else backend
+    if engine is None:
+        check_method(backend, method)  # vLLM missing, or a method it cannot serve: one line, nothing loaded
     prompt_list = resolve_prompts(prompts, prompt_field=prompt_field, messages_field=messages_field,
                                   id_field=id_field, split=split)
+    if engine is None and check_backend(backend) != "transformers":
+        engine = make_backend(backend, policy, device=device)
+    if engine is not None:
+        return run_prompts(prompt_list, method, config, engine.policy, load_reward(reward, device=device), seed=seed,
+                           out=out, progress=progress, backend=engine)
     return run_prompts(prompt_list, method, config, load_policy(policy, device=device),
                        load_reward(reward, device=device), seed=seed, out=out, progress=progress)

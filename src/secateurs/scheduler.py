@@ -60,6 +60,7 @@ class Request:
     cost: Cost | None = None
     cancelled: bool = False
     error: BaseException | None = None  # why it failed (async submissions)
+    backend_details: dict = field(default_factory=dict)  # what the backend reports for this request (vllm)
 
     @property
     def idle(self) -> bool:

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..backends import make_backend
 from ..methods.sampling import SamplingConfig
 from ..models import DEFAULT_POLICY, load_policy
 from ..prompts import Prompt, builtin_prompts, load_prompts
@@ -37,18 +38,19 @@ def load_gold(path: Path, reward: Reward, prompts: list[Prompt], results: list[A
     return scores
 
 
-def warm_up(policy, rewards: list[Reward], prompt: Prompt) -> None:
+def warm_up(policy, rewards: list[Reward], prompt: Prompt, backend=None) -> None:
     """One short untimed run before the first cell: the first forward passes and RM calls of a process
     are slower (allocations, lazy initialisation), and would otherwise be charged to the first cell."""
-    [result] = run_prompts([prompt], "sampling", SamplingConfig(max_new_tokens=8), policy, rewards[0])
+    [result] = run_prompts([prompt], "sampling", SamplingConfig(max_new_tokens=8), policy, rewards[0], backend=backend)
     for reward in rewards[1:]:
         reward.score([prompt], [result.response])
 
 
 def run_bench(spec: BenchSpec, device=None, progress: bool = True,
-              ray: dict | None = None) -> tuple[list[Prompt], list[CellResults], dict]:
+              ray: dict | None = None, backend: str | None = None) -> tuple[list[Prompt], list[CellResults], dict]:
     """Every cell on every prompt. `ray`: run the cells on Ray workers (keywords of secateurs.ray.RayWorkers:
-    workers, ray_address, gpus_per_worker); the workers load the models, this process scores the gold reward."""
+    workers, ray_address, gpus_per_worker); the workers load the models, this process scores the gold reward.
+    `backend`: the engine the cells decode on (secateurs.backends; default transformers)."""
     configs = spec.validate()  # everything the user wrote is checked before a model loads
     prompts = load_prompts(spec.prompts, **spec.prompt_fields) if spec.prompts else builtin_prompts()
     gold = load_reward(spec.gold_reward, device=device) if spec.gold_reward else None
@@ -63,13 +65,16 @@ def run_bench(spec: BenchSpec, device=None, progress: bool = True,
         pool.run(prompts[:1], "sampling", SamplingConfig(max_new_tokens=8))  # warm-up (not written)
     else:
         pool = None
-        policy = load_policy(spec.policy, device=device)
+        engine = make_backend(backend, spec.policy, device=device) if backend not in (None, "transformers") else None
+        policy = engine.policy if engine is not None else load_policy(spec.policy, device=device)
         reward = load_reward(spec.reward, device=device)
         policy_name, reward_name, where = policy.name, reward.name, str(policy.device)
-        warm_up(policy, [r for r in (reward, gold) if r is not None], prompts[0])
+        if engine is not None:
+            where += f" ({engine.name})"
+        warm_up(policy, [r for r in (reward, gold) if r is not None], prompts[0], engine)
 
         def run_cell(prompts, method, config, **kw):
-            return run_prompts(prompts, method, config, policy, reward, **kw)
+            return run_prompts(prompts, method, config, policy, reward, backend=engine, **kw)
     collected = []
     try:
         for cell in spec.cells:
