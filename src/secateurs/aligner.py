@@ -15,8 +15,10 @@ import queue
 import threading
 from typing import Any
 
+from .backends.base import check_capabilities
 from .backends.transformers import TransformersBackend
 from .config import build_config
+from .methods import get_method
 from .policy import Policy
 from .prompts import Prompt, make_prompt
 from .results import AlignResult
@@ -41,6 +43,7 @@ class Aligner:
                 **options: Any) -> Request:
         """A validated request (bad options or a too-long prompt raise SecateursError here, before queueing)."""
         config = build_config(method, options)
+        check_capabilities(self.backend, method, get_method(method).needs)  # e.g. ARGS on vllm: refused now
         p = prompt if isinstance(prompt, Prompt) else make_prompt(prompt, prompt_id or "0")
         return Request(p, encode_prompt(self.policy, p, config), method, config, seed, prompt_key(seed, p.id))
 

@@ -318,8 +318,10 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
               help="Require 'Authorization: Bearer KEY' on /v1/* [$SECATEURS_API_KEY; none: open].")
 @click.option("--keepalive", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
               help="Seconds of silence after which a stream gets an SSE keep-alive comment.")
+@backend_option
 @method_options
-def serve(method, policy, reward, seed, device, host, port, max_queue, api_key, keepalive, **options) -> None:
+def serve(method, policy, reward, seed, device, backend, host, port, max_queue, api_key, keepalive,
+          **options) -> None:
     """Serve an OpenAI-compatible API (chat and completions) that aligns concurrent requests in one batch.
 
     Method options given here are the defaults of requests (for the methods that take them); a
@@ -336,9 +338,11 @@ def serve(method, policy, reward, seed, device, host, port, max_queue, api_key, 
 
     given = _options(**options)
     config = build_config(method, given)  # bad options fail before any model loads
-    loaded_policy = load_policy(policy, device=device)
+    backend = _check_backend(backend, [method], use_ray=False)
+    engine = make_backend(backend, policy, device=device) if backend != "transformers" else None
+    loaded_policy = engine.policy if engine is not None else load_policy(policy, device=device)
     loaded_reward = load_reward(reward, device=device)
-    aligner = Aligner(loaded_policy, loaded_reward, max_batch_rows=config.max_batch_rows)
+    aligner = Aligner(loaded_policy, loaded_reward, max_batch_rows=config.max_batch_rows, backend=engine)
     warm_up(aligner)
     settings = ServeSettings(model=loaded_policy.name,
                              defaults=ServeDefaults(method, given, seed, config.max_batch_rows),

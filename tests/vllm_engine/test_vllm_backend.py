@@ -173,3 +173,42 @@ def test_aligner_on_vllm_answers_as_align(backend):
         aligner.close()
     assert [r.response for r in got] == [r.response for r in expected]
     assert [r.details["candidate_rewards"] for r in got] == [r.details["candidate_rewards"] for r in expected]
+
+
+def test_server_on_vllm_answers_as_run_and_refuses_args(backend):
+    """`secateurs serve --backend vllm`: the real uvicorn server and openai client on the vLLM backend give
+    the batch run's answer; ARGS, which this backend cannot run, is a 400 naming it."""
+    import socket
+    import threading
+    import time
+
+    import openai
+    import uvicorn
+
+    from secateurs.aligner import Aligner
+    from secateurs.serve import ServeDefaults, ServeSettings, create_app
+
+    [expected] = run(backend, "best-of-n", PROMPTS[:1], seed=3, n=2, max_new_tokens=8)
+    aligner = Aligner(backend.policy, REWARD, max_batch_rows=8, backend=backend)
+    settings = ServeSettings(model=backend.policy.name, defaults=ServeDefaults("best-of-n", {}, 0, 8), max_queue=8)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(create_app(aligner, settings), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    client = openai.OpenAI(base_url=f"http://127.0.0.1:{sock.getsockname()[1]}/v1", api_key="unused", max_retries=0)
+    try:
+        reply = client.chat.completions.create(
+            model=backend.policy.name, messages=[{"role": "user", "content": PROMPTS[0].text}], seed=3,
+            extra_body={"secateurs": {"method": "best-of-n", "n": 2, "max_new_tokens": 8,
+                                      "prompt_id": PROMPTS[0].id}})
+        assert reply.choices[0].message.content == expected.response
+        with pytest.raises(openai.BadRequestError, match="args"):
+            client.chat.completions.create(model=backend.policy.name, messages=[{"role": "user", "content": "hi"}],
+                                           extra_body={"secateurs": {"method": "args"}})
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        aligner.close()
