@@ -12,6 +12,11 @@ a stop rule can end a segment before a token while its logits stay valid (CARDS'
 A row's next position id is its count of cached tokens, so RoPE positions always equal those of
 the same tokens computed from scratch, wherever the columns sit.
 
+Rows that sit out a step (stopped and waiting for their prompt's other proposals, rewound, or
+released) do not ride along: when more than 1/16 of the rows would only carry a masked column, the
+forward runs on the feeding rows alone (a gathered sub-cache, its new columns written back), so the
+positions computed stay within ~1.06x of the tokens fed (meter: lm_positions_*).
+
 Timing: a step is timed from its forward to the moment its sampled tokens reach the host (the one
 device synchronisation of the step), so the decode loop never synchronises just to time.
 """
@@ -93,7 +98,8 @@ class TransformersBackend:
         logits = self._forward(kv, ids, (mask.cumsum(-1) - 1).clamp(min=0))
         kv.check_layout(self.policy.name)
         if self.meter is not None:
-            self.meter.lm_forward({r: len(r.prompt_ids) for r in requests}, time.perf_counter() - start, prefill=True)
+            self.meter.lm_forward({r: len(r.prompt_ids) for r in requests}, time.perf_counter() - start, prefill=True,
+                                  positions={r: width for r in requests})
         self.prompt_kv.concat(kv)
         self.prompt_logits = torch.cat([self.prompt_logits.reshape(-1, logits.shape[1]), logits])
         for r in requests:
@@ -191,9 +197,20 @@ class TransformersBackend:
                 ids[r, width - n:] = torch.tensor((s.prompt_ids + s.tokens)[-n:], dtype=torch.long)
                 block[r, width - n:] = 1
         positions = self.n_cached[:, None] + (block.cumsum(1) - 1).clamp(min=0)
-        self.kv.add_block(block)
-        logits = self._forward(self.kv, ids, positions)
-        self.next_logits = torch.where(feed.to(self.device)[:, None], logits, self.next_logits)
+        fed = feed.nonzero().flatten()
+        if len(self.rows) - len(fed) > len(self.rows) // 16 and self.kv.cache.layers:
+            # Rows that sit out would cost a masked column each: run the feeding rows alone.
+            sub = self.kv.gather(fed)
+            sub.add_block(block[fed])
+            logits = self._forward(sub, ids[fed], positions[fed])
+            self.kv.append_columns(block, fed, sub)
+            self.next_logits[fed.to(self.device)] = logits
+            computed = fed.tolist()
+        else:
+            self.kv.add_block(block)
+            logits = self._forward(self.kv, ids, positions)
+            self.next_logits = torch.where(feed.to(self.device)[:, None], logits, self.next_logits)
+            computed = range(len(self.rows))
         self.n_cached += lag
         self.pending &= ~feed
         if self.meter is not None:
@@ -202,6 +219,19 @@ class TransformersBackend:
                 if n:
                     per_request[s.request] += n
             self._step_tokens = per_request
+            self._step_positions = per_position = defaultdict(int)
+            dead = 0
+            for r in computed:
+                if self.rows[r] is None:
+                    dead += width
+                else:
+                    per_position[self.rows[r].request] += width
+            if dead:  # a released row's columns belong to no request: the fed requests share them
+                total = sum(per_request.values())
+                shares = {q: dead * n // total for q, n in per_request.items()}
+                shares[max(per_request, key=per_request.get)] += dead - sum(shares.values())
+                for q, n in shares.items():
+                    per_position[q] += n
 
     @torch.no_grad()
     def step(self, seqs: Seq[Sequence], score=None) -> list[Sequence]:
@@ -237,7 +267,8 @@ class TransformersBackend:
         if active:
             self._draw(seqs, active, logits, score)
         if self._step_tokens is not None and self.meter is not None:
-            self.meter.lm_forward(self._step_tokens, time.perf_counter() - start, prefill=False)
+            self.meter.lm_forward(self._step_tokens, time.perf_counter() - start, prefill=False,
+                                  positions=self._step_positions)
         for s in stopped:
             s.status = STOPPED
         for i in active:
