@@ -1,8 +1,10 @@
 """CARDS against Best-of-N (N = 1..16), rejection sampling and ARGS, in one run: reward against
 seconds and against LM tokens, positions computed, and CARDS' speedup over the Best-of-N curve.
 
-    PYTHONPATH=src python benchmarks/cards.py [--quick] [--prompts 20] [--max-new-tokens 64] \
-        [--rewards default,civility+sentiment] [--out-dir benchmarks/out/cards]
+    OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/cards.py [--quick] [--prompts 20] \
+        [--max-new-tokens 64] [--rewards civility+sentiment,default] [--out-dir benchmarks/out/cards]
+
+(one torch thread: on a CPU shared with other jobs, more threads spin against each other.)
 
 Prompts: the first prompts/2 of HH-RLHF and of AlpacaFarm (../shared/data), the default policy,
 seed 0, one max_new_tokens for every method, each reward in --rewards in turn. Every method samples
@@ -18,9 +20,10 @@ Methods:
   the Best-of-N curve on the same prompts;
 - CARDS, paper setting (acceptance_scale literal: beta 0.7 in reward units): soft with r_star auto;
   hard with the paper's fixed r_star (mean + 0.5 std of this run's Best-of-1 rewards, one number
-  for all prompts, so no calibration samples); hard with 4 proposals and r_star auto;
-- CARDS, scale-aware (acceptance_scale spread: beta 0.7 reward stds), 4 proposals: hard without and
-  with prefix_calibration (the measured partial-vs-final gap), soft with it.
+  for all prompts, so no calibration samples), with 1 and 4 proposals; hard with 4 proposals and
+  r_star auto (first reward only);
+- CARDS, scale-aware (acceptance_scale spread: beta 0.7 reward stds), 4 proposals: hard without
+  (first reward only) and with prefix_calibration (the measured partial-vs-final gap), soft with it.
 r_star auto everywhere: mean + 0.5 std of 4 calibration samples per prompt, their LM and RM cost
 (and the prefix scoring's RM calls) counted in the method's cost.
 
@@ -60,13 +63,15 @@ def load_prompts(count: int):
     return make_prompts([d["prompt"] for d in hh[:count - half]] + [d["prompt"] for d in af[:half]])
 
 
-def methods(quick: bool, r_star: float) -> list[tuple[str, str, dict]]:
-    """r_star: the paper's fixed target for this reward, a little above plain sampling's mean."""
+def methods(quick: bool, r_star: float, full: bool) -> list[tuple[str, str, dict]]:
+    """r_star: the paper's fixed target for this reward, a little above plain sampling's mean.
+    full: every variant (else the core ones: the rewards after the first, to keep the run short)."""
     out = [
         ("rejection sampling", "rejection-sampling", {}),
         ("args", "args", {}),
         ("cards paper soft", "cards", {}),
         ("cards paper hard r*", "cards", dict(acceptance="hard", r_star=r_star)),
+        ("cards paper hard r* x4", "cards", dict(acceptance="hard", r_star=r_star, proposals=4)),
         ("cards paper hard x4", "cards", dict(acceptance="hard", proposals=4)),
         ("cards spread hard x4", "cards", dict(acceptance="hard", acceptance_scale="spread", proposals=4)),
         ("cards spread+prefix hard x4", "cards", dict(acceptance="hard", acceptance_scale="spread",
@@ -74,7 +79,7 @@ def methods(quick: bool, r_star: float) -> list[tuple[str, str, dict]]:
         ("cards spread+prefix soft x4", "cards", dict(acceptance_scale="spread", prefix_calibration="on",
                                                       proposals=4)),
     ]
-    if quick:
+    if quick or not full:
         out = [m for m in out if m[0] not in ("cards paper hard x4", "cards spread hard x4")]
     return out
 
@@ -144,7 +149,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="4 prompts, 24 tokens, fewer CARDS variants")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=64)
-    parser.add_argument("--rewards", default="default,civility+sentiment")
+    parser.add_argument("--rewards", default="civility+sentiment,default",
+                        help="comma-separated reward specs; the first gets every CARDS variant")
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/out/cards"))
     parser.add_argument("--resume", action="store_true", help="reuse finished results in --out-dir (their "
@@ -154,7 +160,7 @@ def main() -> None:
         args.prompts, args.max_new_tokens, args.resamples = 4, 24, 200
     prompts = load_prompts(args.prompts)
     policy = load_policy()
-    for spec in args.rewards.split(","):
+    for k, spec in enumerate(args.rewards.split(",")):
         reward = load_reward(spec)
         common = dict(policy=policy, reward=reward, seed=0, max_new_tokens=args.max_new_tokens)
         secateurs.align(prompts[:2], method="best-of-n", n=4, **{**common, "max_new_tokens": 8})  # warm-up
@@ -169,7 +175,7 @@ def main() -> None:
             print(f"  {spec}: best-of-{n} done", flush=True)
         plain = [r.reward for r in runs["best-of-1"]]  # plain sampling at CARDS' temperature and top-k
         r_star = statistics.fmean(plain) + 0.5 * statistics.pstdev(plain)
-        for name, method, options in methods(args.quick, r_star):
+        for name, method, options in methods(args.quick, r_star, full=k == 0):
             runs[name] = secateurs.align(prompts[::ARGS_EVERY] if name == "args" else prompts, method=method, out=out / f"{name.replace(' ', '_')}.jsonl",
                                          **common, **options)
             print(f"  {spec}: {name} done", flush=True)
