@@ -124,3 +124,18 @@ def test_cards_rows_waiting_for_their_proposals_leave_the_forward(tiny_policy):
     # the answers are those of one prompt at a time (no batching effect from the slicing)
     alone = [run(stopping, CHECKSUM, "cards", config, prompts=[p])[0] for p in PROMPTS]
     assert [r.response for r in results] == [r.response for r in alone]
+
+
+def test_forced_segments_do_not_pad_the_other_rows(tiny_policy):
+    # At the retry cap the best segment is forced back (several tokens to feed); rows of other
+    # prompts feeding one token in that step must not be padded to its width. EOS now and then
+    # puts the prompts out of step with each other.
+    stopping = Policy(tiny_policy.model, tiny_policy.tokenizer)
+    stopping.stop_token_ids = frozenset(range(8, 11))  # unsplit, positions were 1.18x tokens here
+    config = CardsConfig(max_new_tokens=32, acceptance="hard", r_star=1e9, max_retries=3, entropy_threshold=99.0,
+                         max_segment_tokens=8)
+    results = run(stopping, CHECKSUM, "cards", config)
+    tokens = sum(r.cost.lm_tokens_decoded for r in results)
+    positions = sum(r.cost.lm_positions_decoded for r in results)
+    assert sum(r.details["segments"] for r in results) > 3 and tokens > 60
+    assert tokens <= positions < 1.1 * tokens

@@ -182,6 +182,12 @@ class TransformersBackend:
                                for s, c in zip(self.rows, self.n_cached)], dtype=torch.long)
         lag = torch.where(feed, totals - self.n_cached, 0)
         width = int(lag.max())
+        many = feed & (lag > 1)
+        if width > 1 and bool((feed & ~many).any()):
+            # Forced or rewound rows feed several tokens: alone, so one-token rows do not pad to their width.
+            self._feed(many)
+            self._feed(feed & ~many)
+            return
         pad = self.policy.pad_token_id
         if width == 1:  # the hot path: one token per feeding row
             last = [(s.tokens[-1] if s.tokens else s.prompt_ids[-1]) if f else pad
@@ -214,22 +220,27 @@ class TransformersBackend:
         self.n_cached += lag
         self.pending &= ~feed
         if self.meter is not None:
-            per_request: dict = defaultdict(int)
+            per_request = self._step_tokens if self._step_tokens is not None else defaultdict(int)
             for s, n in zip(self.rows, lag.tolist()):
                 if n:
                     per_request[s.request] += n
             self._step_tokens = per_request
-            self._step_positions = per_position = defaultdict(int)
-            dead = 0
+            if self._step_positions is None:
+                self._step_positions = defaultdict(int)
+            per_position, dead = self._step_positions, 0
             for r in computed:
                 if self.rows[r] is None:
                     dead += width
                 else:
                     per_position[self.rows[r].request] += width
             if dead:  # a released row's columns belong to no request: the fed requests share them
-                total = sum(per_request.values())
-                shares = {q: dead * n // total for q, n in per_request.items()}
-                shares[max(per_request, key=per_request.get)] += dead - sum(shares.values())
+                fed_now = {q: 0 for q in per_request}
+                for s, n in zip(self.rows, lag.tolist()):
+                    if n:
+                        fed_now[s.request] += n
+                total = sum(fed_now.values())
+                shares = {q: dead * n // total for q, n in fed_now.items() if n}
+                shares[max(fed_now, key=fed_now.get)] += dead - sum(shares.values())
                 for q, n in shares.items():
                     per_position[q] += n
 
@@ -243,7 +254,7 @@ class TransformersBackend:
         self._refresh()
         self.kv.maybe_compact()
         start = time.perf_counter()
-        self._step_tokens = None
+        self._step_tokens = self._step_positions = None
         rows = [self._row(s) for s in seqs]
         index = torch.tensor(rows, dtype=torch.long)
         feed = torch.zeros(len(self.rows), dtype=torch.bool)
