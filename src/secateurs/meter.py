@@ -1,7 +1,7 @@
 """Cost accounting: every LM forward, token and RM call is counted, and time is split by phase.
 
-Counts are per request (one prompt answered by one method) and exact; all but the first do not
-depend on how requests were batched:
+Counts are per request (one prompt answered by one method) and exact; all but the first and the last two do not
+depend on how requests were batched (the positions computed do: padding and rows sitting out):
 - lm_forward_calls: batched forward passes that processed at least one token of this request
   (more when its samples did not all get rows at once, e.g. Best-of-N with N > free rows);
 - lm_tokens_prefilled: prompt tokens run through the LM (a prompt shared by N samples counts once);
