@@ -23,7 +23,8 @@ SEED = 5
 TEXTS = ["how do i make tea", "give me a good tip for sleep", "what is green", "thank you",
          "can you help me with my work", "is it hot water", "a calm night", "what do you think about tea",
          "please help", "good day to you"]
-MEASURED = ("seconds", "lm_seconds", "rm_seconds", "other_seconds", "peak_memory_bytes")
+MEASURED = ("seconds", "lm_seconds", "rm_seconds", "other_seconds", "peak_memory_bytes",
+            "lm_positions_prefilled", "lm_positions_decoded")  # positions: padding depends on the batch
 
 
 def config():

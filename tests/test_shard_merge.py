@@ -17,7 +17,8 @@ from secateurs.shard import parse_shard, select_shard
 
 TEXTS = ["how do i make tea", "give me a good tip for sleep", "what is green", "thank you",
          "can you help me with my work", "is it hot water", "a calm night"]
-MEASURED = ("seconds", "lm_seconds", "rm_seconds", "other_seconds", "peak_memory_bytes")
+MEASURED = ("seconds", "lm_seconds", "rm_seconds", "other_seconds", "peak_memory_bytes",
+            "lm_positions_prefilled", "lm_positions_decoded")  # positions: padding depends on the batch
 
 
 def comparable(line: str) -> dict:

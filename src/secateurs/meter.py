@@ -1,7 +1,7 @@
 """Cost accounting: every LM forward, token and RM call is counted, and time is split by phase.
 
-Counts are per request (one prompt answered by one method) and exact; all but the first do not
-depend on how requests were batched:
+Counts are per request (one prompt answered by one method) and exact; all but the first and the last two do not
+depend on how requests were batched (the positions computed do: padding and rows sitting out):
 - lm_forward_calls: batched forward passes that processed at least one token of this request
   (more when its samples did not all get rows at once, e.g. Best-of-N with N > free rows);
 - lm_tokens_prefilled: prompt tokens run through the LM (a prompt shared by N samples counts once);
@@ -9,7 +9,10 @@ depend on how requests were batched:
 - tokens_generated: tokens sampled (kept or later rejected);
 - rm_calls: (prompt, response) pairs scored; rm_tokens: tokens the RM read for them;
 - lm_tokens_cached: prompt (and resumed-prefix) tokens served from the engine's prefix cache instead
-  of computed (the vllm backend; the transformers backend forks its prompt cache, so it reports 0).
+  of computed (the vllm backend; the transformers backend forks its prompt cache, so it reports 0);
+- lm_positions_prefilled / lm_positions_decoded: positions the forward computed for this request's
+  rows, padding and masked columns of rows that sat out included (rows x columns of each forward):
+  the compute the token counts above leave out. `lm_positions / lm_tokens` is the waste ratio.
 Seconds: each decode step (forward to sampled tokens on the host) and each RM call is timed once
 and split between the requests in it in proportion to their tokens; the rest of the scheduler's
 wall time ("other": admission, bookkeeping) is split evenly between the requests in flight.
@@ -40,6 +43,12 @@ class Cost:
     other_seconds: float = 0.0
     peak_memory_bytes: int = 0
     lm_tokens_cached: int = 0
+    lm_positions_prefilled: int = 0
+    lm_positions_decoded: int = 0
+
+    @property
+    def lm_positions(self) -> int:
+        return self.lm_positions_prefilled + self.lm_positions_decoded
 
     @property
     def seconds(self) -> float:
@@ -91,8 +100,16 @@ class Meter:
         cost.peak_memory_bytes = max(cost.peak_memory_bytes, peak_memory_bytes(self.device))
         return cost
 
-    def lm_forward(self, tokens: Mapping[Hashable, int], seconds: float, prefill: bool) -> None:
+    def lm_forward(self, tokens: Mapping[Hashable, int], seconds: float, prefill: bool,
+                   positions: Mapping[Hashable, int] | None = None) -> None:
+        """`positions`: what the forward computed per key (rows x columns); default: the tokens."""
         total = sum(tokens.values())
+        for key, n in (positions or tokens).items():
+            if key in self.costs:
+                if prefill:
+                    self.costs[key].lm_positions_prefilled += n
+                else:
+                    self.costs[key].lm_positions_decoded += n
         for key, n in tokens.items():
             cost = self.costs[key]
             cost.lm_forward_calls += 1

@@ -134,6 +134,9 @@ class Context:
     def text(self, seq: Sequence) -> str:
         return self._backend.decode(seq.tokens)
 
+    def decode(self, token_ids) -> str:
+        return self._backend.decode(token_ids)
+
     def score(self, texts: list[str], partial: bool = False) -> list[float]:
         """RM scores of texts as responses to this prompt (e.g. the empty response: r(x))."""
         return metered_score(self._scheduler.reward, self._scheduler.meter, [self.prompt] * len(texts), texts,

@@ -74,6 +74,19 @@ class KVCache:
         self.mask = torch.cat([torch.nn.functional.pad(self.mask, (pads[0], 0)),
                                torch.nn.functional.pad(other.mask, (pads[1], 0))])
 
+    def append_columns(self, block_mask: torch.Tensor, rows: torch.Tensor, sub: "KVCache") -> None:
+        """After a forward on `sub` (a gather of `rows` that appended block_mask's width of columns):
+        append those columns here, taken from `sub` for `rows`, masked for every other row."""
+        width = block_mask.shape[1]
+        dev_rows = rows.to(self.device)
+        for mine, theirs in zip(self.cache.layers, sub.cache.layers):
+            for name in ("keys", "values"):
+                old, new = getattr(mine, name), getattr(theirs, name)
+                grown = torch.cat([old, old.new_zeros(old.shape[0], old.shape[1], width, old.shape[3])], dim=2)
+                grown[dev_rows, :, old.shape[2]:] = new[:, :, new.shape[2] - width:]
+                setattr(mine, name, grown)
+        self.add_block(block_mask)
+
     def copy_rows(self, dst: Sequence[int], src: Sequence[int]) -> None:
         d = torch.as_tensor(list(dst), dtype=torch.long, device=self.device)
         s = torch.as_tensor(list(src), dtype=torch.long, device=self.device)

@@ -12,6 +12,11 @@ a stop rule can end a segment before a token while its logits stay valid (CARDS'
 A row's next position id is its count of cached tokens, so RoPE positions always equal those of
 the same tokens computed from scratch, wherever the columns sit.
 
+Rows that sit out a step (stopped and waiting for their prompt's other proposals, rewound, or
+released) do not ride along: when more than 1/16 of the rows would only carry a masked column, the
+forward runs on the feeding rows alone (a gathered sub-cache, its new columns written back), so the
+positions computed stay within ~1.06x of the tokens fed (meter: lm_positions_*).
+
 Timing: a step is timed from its forward to the moment its sampled tokens reach the host (the one
 device synchronisation of the step), so the decode loop never synchronises just to time.
 """
@@ -93,7 +98,8 @@ class TransformersBackend:
         logits = self._forward(kv, ids, (mask.cumsum(-1) - 1).clamp(min=0))
         kv.check_layout(self.policy.name)
         if self.meter is not None:
-            self.meter.lm_forward({r: len(r.prompt_ids) for r in requests}, time.perf_counter() - start, prefill=True)
+            self.meter.lm_forward({r: len(r.prompt_ids) for r in requests}, time.perf_counter() - start, prefill=True,
+                                  positions={r: width for r in requests})
         self.prompt_kv.concat(kv)
         self.prompt_logits = torch.cat([self.prompt_logits.reshape(-1, logits.shape[1]), logits])
         for r in requests:
@@ -176,6 +182,12 @@ class TransformersBackend:
                                for s, c in zip(self.rows, self.n_cached)], dtype=torch.long)
         lag = torch.where(feed, totals - self.n_cached, 0)
         width = int(lag.max())
+        many = feed & (lag > 1)
+        if width > 1 and bool((feed & ~many).any()):
+            # Forced or rewound rows feed several tokens: alone, so one-token rows do not pad to their width.
+            self._feed(many)
+            self._feed(feed & ~many)
+            return
         pad = self.policy.pad_token_id
         if width == 1:  # the hot path: one token per feeding row
             last = [(s.tokens[-1] if s.tokens else s.prompt_ids[-1]) if f else pad
@@ -191,17 +203,46 @@ class TransformersBackend:
                 ids[r, width - n:] = torch.tensor((s.prompt_ids + s.tokens)[-n:], dtype=torch.long)
                 block[r, width - n:] = 1
         positions = self.n_cached[:, None] + (block.cumsum(1) - 1).clamp(min=0)
-        self.kv.add_block(block)
-        logits = self._forward(self.kv, ids, positions)
-        self.next_logits = torch.where(feed.to(self.device)[:, None], logits, self.next_logits)
+        fed = feed.nonzero().flatten()
+        if len(self.rows) - len(fed) > len(self.rows) // 16 and self.kv.cache.layers:
+            # Rows that sit out would cost a masked column each: run the feeding rows alone.
+            sub = self.kv.gather(fed)
+            sub.add_block(block[fed])
+            logits = self._forward(sub, ids[fed], positions[fed])
+            self.kv.append_columns(block, fed, sub)
+            self.next_logits[fed.to(self.device)] = logits
+            computed = fed.tolist()
+        else:
+            self.kv.add_block(block)
+            logits = self._forward(self.kv, ids, positions)
+            self.next_logits = torch.where(feed.to(self.device)[:, None], logits, self.next_logits)
+            computed = range(len(self.rows))
         self.n_cached += lag
         self.pending &= ~feed
         if self.meter is not None:
-            per_request: dict = defaultdict(int)
+            per_request = self._step_tokens if self._step_tokens is not None else defaultdict(int)
             for s, n in zip(self.rows, lag.tolist()):
                 if n:
                     per_request[s.request] += n
             self._step_tokens = per_request
+            if self._step_positions is None:
+                self._step_positions = defaultdict(int)
+            per_position, dead = self._step_positions, 0
+            for r in computed:
+                if self.rows[r] is None:
+                    dead += width
+                else:
+                    per_position[self.rows[r].request] += width
+            if dead:  # a released row's columns belong to no request: the fed requests share them
+                fed_now = {q: 0 for q in per_request}
+                for s, n in zip(self.rows, lag.tolist()):
+                    if n:
+                        fed_now[s.request] += n
+                total = sum(fed_now.values())
+                shares = {q: dead * n // total for q, n in fed_now.items() if n}
+                shares[max(fed_now, key=fed_now.get)] += dead - sum(shares.values())
+                for q, n in shares.items():
+                    per_position[q] += n
 
     @torch.no_grad()
     def step(self, seqs: Seq[Sequence], score=None) -> list[Sequence]:
@@ -213,7 +254,7 @@ class TransformersBackend:
         self._refresh()
         self.kv.maybe_compact()
         start = time.perf_counter()
-        self._step_tokens = None
+        self._step_tokens = self._step_positions = None
         rows = [self._row(s) for s in seqs]
         index = torch.tensor(rows, dtype=torch.long)
         feed = torch.zeros(len(self.rows), dtype=torch.bool)
@@ -237,7 +278,8 @@ class TransformersBackend:
         if active:
             self._draw(seqs, active, logits, score)
         if self._step_tokens is not None and self.meter is not None:
-            self.meter.lm_forward(self._step_tokens, time.perf_counter() - start, prefill=False)
+            self.meter.lm_forward(self._step_tokens, time.perf_counter() - start, prefill=False,
+                                  positions=self._step_positions)
         for s in stopped:
             s.status = STOPPED
         for i in active:

@@ -1,4 +1,13 @@
-"""Reward thresholds and accept / reject tests shared by CARDS and item-level rejection sampling."""
+"""Reward thresholds and accept / reject tests shared by CARDS and item-level rejection sampling.
+
+Acceptance scale. The papers state beta and r_star in the RM's own units (CARDS: beta 0.7, r_star
+8.5 for a Llama RM whose scores spread over several units). `acceptance_scale literal` keeps that
+(the paper's setting). `acceptance_scale spread` reads beta as a fraction of the reward's spread
+for this prompt: the soft test accepts with min(1, exp((r - tau) / (beta * s))), s = the
+(population) std of the rewards of the calibration samples (the ones `r_star auto` draws; drawn
+for this alone when r_star is a number, their cost counted), so an RM scaled by 100 makes the same
+decisions. With r_star auto, r_star = mean + r_star_margin * s in both settings.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +35,9 @@ class RewardTarget:
     max_retries: int = option(20, "CARDS / rejection sampling: rejections before the best seen is taken")
     r_star_samples: int = option(4, "auto r_star: plainly sampled responses per prompt")
     r_star_margin: float = option(0.5, "auto r_star = mean + margin x std of their rewards")
+    acceptance_scale: str = option("literal", "CARDS / rejection sampling: 'literal' takes beta in reward units "
+                                              "(the paper's); 'spread' in units of the prompt's reward std, "
+                                              "measured on the r_star_samples calibration samples")
 
     def validate_target(self) -> None:
         def real(x) -> bool:  # a finite number (not a bool, a string, NaN or infinity)
@@ -46,6 +58,12 @@ class RewardTarget:
             raise SecateursError(f"r_star_samples must be an integer >= 2, got {self.r_star_samples!r}")
         if not real(self.r_star_margin):
             raise SecateursError(f"r_star_margin must be a finite number, got {self.r_star_margin!r}")
+        if not isinstance(self.acceptance_scale, str) or self.acceptance_scale not in ("literal", "spread"):
+            raise SecateursError(f"acceptance_scale must be 'literal' or 'spread', got {self.acceptance_scale!r}")
+
+    def needs_calibration(self) -> bool:
+        """Calibration samples are drawn for r_star auto and for the spread scale."""
+        return self.r_star == "auto" or self.acceptance_scale == "spread"
 
 
 @dataclass
@@ -65,11 +83,23 @@ class TargetedConfig(DecodingConfig, RewardTarget):
         return SamplingParams(self.beta if self.temperature is None else self.temperature, self.top_k, self.top_p)
 
 
-def accepts(reward: float, threshold: float, target: RewardTarget, key: int, counter: int) -> bool:
-    """The acceptance test; the soft one draws its uniform from (key, counter), so it is reproducible."""
+def accepts(reward: float, threshold: float, target: RewardTarget, key: int, counter: int,
+            scale: float = 1.0) -> bool:
+    """The acceptance test; the soft one draws its uniform from (key, counter), so it is reproducible.
+    `scale`: the reward unit beta is expressed in (1: the reward's own; the spread setting: its std)."""
     if target.acceptance == "hard":
         return reward >= threshold
-    return uniform(key, counter) < min(1.0, math.exp(min(0.0, (reward - threshold) / target.beta)))
+    return uniform(key, counter) < min(1.0, math.exp(min(0.0, (reward - threshold) / (target.beta * scale))))
+
+
+def spread(rewards: list[float]) -> float:
+    """The reward unit of the spread setting: the population std of the calibration rewards. If they are
+    all equal, a thousandth of their magnitude (still proportional to the reward's scale), or 1 at zero."""
+    s = statistics.pstdev(rewards)
+    if s > 0:
+        return s
+    m = max(abs(r) for r in rewards)
+    return 1e-3 * m if m > 0 else 1.0
 
 
 class TargetedPolicy(MethodPolicy):
@@ -77,23 +107,31 @@ class TargetedPolicy(MethodPolicy):
     complete responses per prompt with the method's own sampling settings and sets r_star = mean +
     r_star_margin * (population) std of their rewards. The paper sets r_star "a little above the
     average reward of a reference method"; this is that, measured on the RM at hand, and its LM and
-    RM cost is part of the prompt's cost. Then `begin()`; later events go to `on_result()`."""
+    RM cost is part of the prompt's cost. The same samples give the spread scale (`self.scale`).
+    Then `begin()` (with `self.calibration_samples` still readable); later events go to `on_result()`."""
 
     def start(self) -> None:
-        if self.config.r_star == "auto":
+        self.calibration_samples, self.calibration_rewards, self.scale = [], [], 1.0
+        if self.config.needs_calibration():
             self.calibration = self.ctx.sample(range(self.config.r_star_samples),
                                                key=child_key(self.ctx.key, _CALIBRATION_OFFSET))
         else:
             self.calibration = None
-            self.r_star, self.calibration_rewards = float(self.config.r_star), []
+            self.r_star = float(self.config.r_star)
             self.begin()
 
     def on_idle(self, stopped) -> None:
         if self.calibration is not None:
-            self.calibration_rewards = [s.reward for s in self.calibration]
-            self.r_star = (statistics.fmean(self.calibration_rewards)
-                           + self.config.r_star_margin * statistics.pstdev(self.calibration_rewards))
-            self.calibration = None
+            self.calibration_samples, self.calibration = self.calibration, None
+            self.calibration_rewards = rewards = [s.reward for s in self.calibration_samples]
+            if self.config.acceptance_scale == "spread":
+                self.scale = spread(rewards)
+            if self.config.r_star == "auto":
+                # literal: the reward's own std (as before); spread: the same unit the test uses
+                unit = self.scale if self.config.acceptance_scale == "spread" else statistics.pstdev(rewards)
+                self.r_star = statistics.fmean(rewards) + self.config.r_star_margin * unit
+            else:
+                self.r_star = float(self.config.r_star)
             self.begin()
         else:
             self.on_result(stopped)

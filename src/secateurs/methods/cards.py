@@ -21,11 +21,24 @@ using the batch; proposals after the winner are wasted work).
 
 The paper's alpha (the weight w of r_star in r0) is the option `r_star_weight` here, so that
 `alpha` means one thing across methods (Speculative Rejection's rejection rate).
+
+Two settings the paper does not have (both off by default, which is the paper's method):
+- `acceptance_scale spread` (methods/acceptance.py): beta and the r_star margin in units of the
+  prompt's reward std, measured on the calibration samples, so any RM scale gives the same decisions.
+- `prefix_calibration on`: many RMs score an unfinished response lower (or higher) than the
+  response it becomes; the paper's tau(t) rises from r0 to compensate by assumption. Here the gap
+  is measured: the calibration samples' first t tokens are scored (as partial responses, counted
+  in the cost) at t = min_segment_tokens, doubling, below max_new_tokens, and
+  gap(t) = mean over samples longer than t of (final reward - partial score); a candidate scored as
+  partial is then compared with tau(t) - gap(t) (gap interpolated linearly in t, held constant
+  beyond the measured points). A candidate that finished is scored as complete and gets no shift.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
+import statistics
 from dataclasses import dataclass
 
 import torch
@@ -46,6 +59,9 @@ class CardsConfig(TargetedConfig):
                                        "w r_star (the paper's alpha)")
     proposals: int = option(1, "CARDS / rejection sampling: candidates proposed per prompt at once, checked "
                                "in order (rejection sampling's default: 4)")
+    prefix_calibration: str = option("off", "CARDS: 'on' measures how much lower the RM scores a response's "
+                                            "first t tokens than the whole (calibration samples, extra RM calls "
+                                            "counted) and lowers tau(t) for partial candidates by that gap")
 
     def validate(self) -> None:
         super().validate()
@@ -67,12 +83,17 @@ class CardsConfig(TargetedConfig):
             raise SecateursError(f"r_star_weight must be in [0, 1], got {self.r_star_weight!r}")
         if not integer(self.proposals) or self.proposals < 1:
             raise SecateursError(f"proposals must be an integer >= 1, got {self.proposals!r}")
+        if not isinstance(self.prefix_calibration, str) or self.prefix_calibration not in ("on", "off"):
+            raise SecateursError(f"prefix_calibration must be 'on' or 'off', got {self.prefix_calibration!r}")
         if self.proposals > self.max_batch_rows:
             raise SecateursError(f"proposals={self.proposals} decode together but max_batch_rows is "
                                  f"{self.max_batch_rows}: lower --proposals or raise --max-batch-rows")
 
     def rows_per_prompt(self) -> int:
         return self.proposals
+
+    def needs_calibration(self) -> bool:
+        return super().needs_calibration() or self.prefix_calibration == "on"
 
 
 @dataclass(frozen=True)
@@ -100,6 +121,29 @@ def threshold(r0: float, r_star: float, length: int, max_new_tokens: int) -> flo
     return min(r0 + length * (r_star - r0) / max_new_tokens, r_star)
 
 
+def prefix_lengths(min_segment_tokens: int, max_new_tokens: int) -> list[int]:
+    """Where the partial-vs-final gap is measured: min_segment_tokens, doubling, below max_new_tokens."""
+    out, t = [], min_segment_tokens
+    while t < max_new_tokens:
+        out.append(t)
+        t *= 2
+    return out
+
+
+def interpolate(points: list[tuple[int, float]], t: int) -> float:
+    """Piecewise-linear in t through sorted (t, value) points, constant beyond the ends (0 if none)."""
+    if not points:
+        return 0.0
+    ts = [p[0] for p in points]
+    i = bisect.bisect_left(ts, t)
+    if i == 0:
+        return points[0][1]
+    if i == len(points):
+        return points[-1][1]
+    (t0, v0), (t1, v1) = points[i - 1], points[i]
+    return v0 + (t - t0) * (v1 - v0) / (t1 - t0)
+
+
 @dataclass
 class _Best:
     score: float
@@ -115,6 +159,7 @@ class Cards(TargetedPolicy):
         config = self.config
         self.r_prompt = self.ctx.score([""])[0]  # r(x): the prompt alone
         self.r0 = (1 - config.r_star_weight) * self.r_prompt + config.r_star_weight * self.r_star
+        self.prefix_gaps = self._measure_prefix_gaps() if config.prefix_calibration == "on" else []
         self.accepted = 0  # accepted response length
         self.retries = 0
         self.checks = 0  # acceptance draws used (the soft test's counter)
@@ -134,8 +179,7 @@ class Cards(TargetedPolicy):
         winner = None
         for s in self.slots:  # the first accepted proposal, in order, wins
             self.checks += 1
-            if accepts(s.reward, threshold(self.r0, self.r_star, s.length, config.max_new_tokens), config, ctx.key,
-                       self.checks):
+            if accepts(s.reward, self._threshold(s), config, ctx.key, self.checks, self.scale):
                 winner = s
                 break
             self.retries += 1
@@ -168,6 +212,21 @@ class Cards(TargetedPolicy):
                 ctx.copy(s, winner)
         self._next_segment()
 
+    def _threshold(self, seq) -> float:
+        tau = threshold(self.r0, self.r_star, seq.length, self.config.max_new_tokens)
+        return tau - interpolate(self.prefix_gaps, seq.length) if seq.scored_partial else tau
+
+    def _measure_prefix_gaps(self) -> list[tuple[int, float]]:
+        """(t, mean final - partial score of the first t tokens) over the calibration samples longer than t."""
+        samples = self.calibration_samples
+        asked = [(t, s) for t in prefix_lengths(self.config.min_segment_tokens, self.config.max_new_tokens)
+                 for s in samples if s.length > t]
+        scores = self.ctx.score([self.ctx.decode(s.tokens[:t]) for t, s in asked], partial=True)
+        gaps: dict[int, list[float]] = {}
+        for (t, s), partial in zip(asked, scores):
+            gaps.setdefault(t, []).append(s.reward - partial)
+        return [(t, statistics.fmean(g)) for t, g in sorted(gaps.items())]
+
     def _next_segment(self) -> None:
         for s in self.slots:
             s.tags["segment_start"] = self.accepted
@@ -185,4 +244,7 @@ class Cards(TargetedPolicy):
             "rejections_per_segment": self.rejections,
             "accepted_rewards": self.accepted_rewards,
             "acceptance": self.config.acceptance,
+            "acceptance_scale": self.config.acceptance_scale,
+            "reward_unit": self.scale,
+            "prefix_gaps": self.prefix_gaps,
         }

@@ -47,7 +47,7 @@ class RejectionSampling(TargetedPolicy):
 
     def on_result(self, stopped) -> None:
         for s in self.batch:  # checked in order: the first accepted wins
-            if accepts(s.reward, self.r_star, self.config, self.ctx.key, s.sample + 1):
+            if accepts(s.reward, self.r_star, self.config, self.ctx.key, s.sample + 1, self.scale):
                 self.ctx.finish(self._outcome(s, rejections=s.sample))
                 return
             self.seen.append(s)
