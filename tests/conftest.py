@@ -88,3 +88,11 @@ def tiny_policy_folder(tmp_path_factory, tiny_policy):
     tiny_policy.model.save_pretrained(folder)
     tiny_policy.tokenizer.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def endless(tiny_policy):
+    """The tiny policy with no stop token, so responses run to max_new_tokens."""
+    policy = Policy(tiny_policy.model, tiny_policy.tokenizer)
+    policy.stop_token_ids = frozenset()
+    return policy

@@ -36,12 +36,6 @@ def run(policy, reward, method, config, prompts=PROMPTS):
     return run_prompts(prompts, method, config, policy, reward)
 
 
-@pytest.fixture(scope="module")
-def endless(tiny_policy):
-    """The tiny policy with no stop token, so responses run to max_new_tokens."""
-    policy = Policy(tiny_policy.model, tiny_policy.tokenizer)
-    policy.stop_token_ids = frozenset()
-    return policy
 
 
 @pytest.mark.parametrize("settings", [dict(acceptance="hard"), dict(acceptance="hard", proposals=3),

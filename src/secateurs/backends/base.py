@@ -75,6 +75,17 @@ class Backend(Protocol):
     def decode(self, token_ids: Seq[int]) -> str: ...
 
 
+def check_force(seq: Sequence, tokens: Seq[int]) -> list[int]:
+    """The tokens a backend's force() may append to seq (a finished sequence or too many tokens raise)."""
+    if seq.finished:
+        raise ValueError(f"{seq} is finished; rewind it before forcing tokens")
+    tokens = list(tokens)
+    room = seq.max_new_tokens - seq.length
+    if len(tokens) > room:
+        raise ValueError(f"forcing {len(tokens)} tokens exceeds {seq}'s remaining {room}")
+    return tokens
+
+
 def check_capabilities(backend: Backend, method: str, needs: frozenset[str]) -> None:
     missing = sorted(needs - backend.capabilities)
     if missing:

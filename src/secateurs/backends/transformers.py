@@ -33,7 +33,7 @@ from ..errors import SecateursError
 from ..policy import Policy
 from ..sampling import sample_tokens
 from ..sequence import RELEASED, RUNNING, STOPPED, Sequence
-from .base import BATCH_INVARIANT, CHOOSER, KV_PRUNE, REWIND, STOP_RULE, StepView
+from .base import BATCH_INVARIANT, CHOOSER, KV_PRUNE, REWIND, STOP_RULE, StepView, check_force
 from .kv_cache import KVCache
 
 
@@ -339,12 +339,7 @@ class TransformersBackend:
 
     def force(self, seq: Sequence, tokens: Seq[int], logprobs: Seq[float] | None = None) -> None:
         """Append given tokens (no sampling); the next forward feeds them."""
-        if seq.finished:
-            raise ValueError(f"{seq} is finished; rewind it before forcing tokens")
-        tokens = list(tokens)
-        room = seq.max_new_tokens - seq.length
-        if len(tokens) > room:
-            raise ValueError(f"forcing {len(tokens)} tokens exceeds {seq}'s remaining {room}")
+        tokens = check_force(seq, tokens)
         if not tokens:
             return
         row = self._row(seq)
@@ -353,7 +348,7 @@ class TransformersBackend:
         self.pending[row] = True
         if tokens[-1] in self._stop_ids:
             seq.finish_reason = "eos"
-        elif len(tokens) == room:
+        elif seq.length >= seq.max_new_tokens:
             seq.finish_reason = "length"
 
     @torch.no_grad()

