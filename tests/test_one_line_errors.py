@@ -202,9 +202,12 @@ def test_ctrl_c_while_importing_torch_is_exit_130_with_one_line():
     import subprocess
     import sys
 
-    # The child interrupts itself at the moment torch starts loading (deterministic, unlike a timer).
+    # The child interrupts itself at the moment torch starts loading (deterministic, unlike a timer). It
+    # restores Ctrl-C's default handling first: a test run started in the background (`make test &`, as
+    # CI may) ignores SIGINT, and children inherit that.
     child = """
 import builtins, os, signal
+signal.signal(signal.SIGINT, signal.default_int_handler)
 real_import = builtins.__import__
 def interrupting_import(name, *args, **kwargs):
     if name == "torch" and not getattr(builtins, "_interrupted", False):
