@@ -288,6 +288,10 @@ def test_disconnect_cancels_the_request_and_frees_its_rows(server):
         (queued,) = [r for r in front.pending if r.policy is None]
         client_thread.join(timeout=30)
         assert gave_up
+        # The server has seen the client go (and asked the scheduler to drop the request) before the
+        # scheduler is let go: otherwise, on a slow machine, it could admit the request first.
+        gone_metric = 'secateurs_requests_total{method="cards",status="499"}'
+        assert wait_for(lambda: metric(server, gone_metric) - gone_before == 2, 10)
     finally:
         gate.set()
     blocker.join(timeout=30)
