@@ -151,6 +151,10 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--rewards", default="civility+sentiment,default",
                         help="comma-separated reward specs; the first gets every CARDS variant")
+    parser.add_argument("--methods", default=None,
+                        help="comma-separated method names of the table to run (e.g. 'cards paper hard r*'); "
+                             "Best-of-N always runs (it is the curve)")
+    parser.add_argument("--max-batch-rows", type=int, default=64)
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/out/cards"))
     parser.add_argument("--resume", action="store_true", help="reuse finished results in --out-dir (their "
@@ -162,7 +166,8 @@ def main() -> None:
     policy = load_policy()
     for k, spec in enumerate(args.rewards.split(",")):
         reward = load_reward(spec)
-        common = dict(policy=policy, reward=reward, seed=0, max_new_tokens=args.max_new_tokens)
+        common = dict(policy=policy, reward=reward, seed=0, max_new_tokens=args.max_new_tokens,
+                      max_batch_rows=args.max_batch_rows)
         secateurs.align(prompts[:2], method="best-of-n", n=4, **{**common, "max_new_tokens": 8})  # warm-up
         out = args.out_dir / spec.replace("+", "_").replace("*", "x")
         if not args.resume:
@@ -175,7 +180,15 @@ def main() -> None:
             print(f"  {spec}: best-of-{n} done", flush=True)
         plain = [r.reward for r in runs["best-of-1"]]  # plain sampling at CARDS' temperature and top-k
         r_star = statistics.fmean(plain) + 0.5 * statistics.pstdev(plain)
-        for name, method, options in methods(args.quick, r_star, full=k == 0):
+        chosen = methods(args.quick, r_star, full=k == 0)
+        if args.methods:
+            wanted = [m.strip() for m in args.methods.split(",")]
+            known = [m[0] for m in methods(False, r_star, full=True)]
+            unknown = [m for m in wanted if m not in known]
+            if unknown:
+                parser.error(f"unknown --methods {unknown}; known: {known}")
+            chosen = [m for m in methods(False, r_star, full=True) if m[0] in wanted]
+        for name, method, options in chosen:
             runs[name] = secateurs.align(prompts[::ARGS_EVERY] if name == "args" else prompts, method=method, out=out / f"{name.replace(' ', '_')}.jsonl",
                                          **common, **options)
             print(f"  {spec}: {name} done", flush=True)

@@ -23,6 +23,7 @@ device synchronisation of the step), so the decode loop never synchronises just 
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections import defaultdict
 from typing import Sequence as Seq
@@ -47,6 +48,10 @@ class TransformersBackend:
         self.device = policy.device
         self.meter = meter
         self._stop_ids = frozenset(policy.stop_token_ids)
+        # transformers 5.2x renamed forward's past_key_values to cache (the old name goes in 5.40);
+        # pass whichever this model's forward takes, so no deprecation warning per step and no break later.
+        params = inspect.signature(self.model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         # decoding rows
         self.kv = KVCache(self.device)
         self.rows: list[Sequence | None] = []  # None: released, dropped at the next refresh
@@ -77,7 +82,7 @@ class TransformersBackend:
     # ------------------------------------------------------------------ the model call
     def _forward(self, kv: KVCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=ids.to(self.device), attention_mask=kv.mask, position_ids=positions.to(self.device),
-                         past_key_values=kv.cache, use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **{self._cache_kwarg: kv.cache})
         return out.logits[:, -1].float()
 
     @torch.no_grad()
