@@ -98,6 +98,14 @@ def test_threshold_schedule():
     assert threshold(1.0, 3.0, 150, 100) == 3.0
 
 
+def test_hard_acceptance_is_reward_at_least_the_threshold():
+    from secateurs.methods.acceptance import accepts
+    hard = CardsConfig(acceptance="hard")
+    assert accepts(1.5, 1.5, hard, key=0, counter=1)  # the paper: accept iff r >= tau
+    assert not accepts(math.nextafter(1.5, 0), 1.5, hard, key=0, counter=1)
+    assert accepts(math.nextafter(1.5, 2), 1.5, hard, key=0, counter=1)
+
+
 def test_cards_results_do_not_depend_on_batching(tiny_policy):
     reward = load_reward("sentiment")
     config = CardsConfig(r_star=0.2, max_new_tokens=20, acceptance="hard", max_retries=4)
