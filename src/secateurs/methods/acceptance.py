@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from ..errors import SecateursError
 from ..sampling import SamplingParams, child_key, uniform
-from .base import DecodingConfig, MethodPolicy, option
+from .base import DecodingConfig, MethodPolicy, integer, option, real
 
 # Calibration samples use keys far from the method's own samples, so they are independent of them.
 _CALIBRATION_OFFSET = 1 << 20
@@ -40,11 +40,6 @@ class RewardTarget:
                                               "measured on the r_star_samples calibration samples")
 
     def validate_target(self) -> None:
-        def real(x) -> bool:  # a finite number (not a bool, a string, NaN or infinity)
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-        def integer(x) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
 
         if not (self.r_star == "auto" or real(self.r_star)):
             raise SecateursError(f"r_star must be a finite number or 'auto', got {self.r_star!r}")

@@ -9,6 +9,7 @@ stopped since (each scored by the RM: `seq.reward`, as a partial response if unf
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -16,6 +17,16 @@ from ..backends.base import BATCH_INVARIANT, KV_PRUNE
 from ..errors import SecateursError
 from ..sampling import SamplingParams
 from ..sequence import Sequence
+
+
+def real(x: Any) -> bool:
+    """A finite number (not a bool, a string, NaN or infinity): what a numeric option must be."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def integer(x: Any) -> bool:
+    """An int that is not a bool."""
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def option(default: Any, help: str) -> Any:

@@ -37,7 +37,6 @@ Two settings the paper does not have (both off by default, which is the paper's 
 from __future__ import annotations
 
 import bisect
-import math
 import statistics
 from dataclasses import dataclass
 
@@ -46,7 +45,7 @@ import torch
 from ..backends.base import BATCH_INVARIANT, KV_PRUNE, REWIND, STOP_RULE, StepView
 from ..errors import SecateursError
 from .acceptance import TargetedConfig, TargetedPolicy, accepts
-from .base import option, register
+from .base import integer, option, real, register
 
 
 @dataclass
@@ -66,11 +65,6 @@ class CardsConfig(TargetedConfig):
     def validate(self) -> None:
         super().validate()
 
-        def real(x) -> bool:  # a finite number (not a bool, a string, NaN or infinity)
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-        def integer(x) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
 
         if not (real(self.entropy_threshold) and self.entropy_threshold > 0):
             raise SecateursError(f"entropy_threshold must be > 0 and finite, got {self.entropy_threshold!r}")

@@ -49,7 +49,7 @@ import math
 from dataclasses import dataclass
 
 from ..errors import SecateursError
-from .base import DecodingConfig, MethodPolicy, option, register
+from .base import DecodingConfig, MethodPolicy, integer, option, real, register
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +91,6 @@ class SpeculativeRejectionConfig(DecodingConfig):
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SecateursError(f"{name} must be an integer >= 1, got {value!r}")
 
-        def real(x) -> bool:  # a finite number (not a bool, a string, NaN or infinity)
-            return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
-
-        def integer(x) -> bool:
-            return isinstance(x, int) and not isinstance(x, bool)
 
         if not (real(self.alpha) and 0 <= self.alpha < 1):
             raise SecateursError(f"alpha must be in [0, 1), got {self.alpha!r}")
