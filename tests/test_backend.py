@@ -508,3 +508,18 @@ def test_stop_rules_and_sampling_params_differ_per_sequence_in_one_step(quiet):
         [(tokens, logprobs, at)] = run([i])[0]
         assert together[i][0] == tokens and together[i][2] == at
         torch.testing.assert_close(torch.tensor(together[i][1]), torch.tensor(logprobs), atol=1e-5, rtol=1e-4)
+
+
+def test_decoding_uses_the_models_own_cache_keyword_without_deprecation_warnings(tiny_policy):
+    import warnings
+
+    from secateurs.methods.best_of_n import BestOfNConfig
+    from secateurs.prompts import make_prompts
+    from secateurs.rewards import CallableReward
+    from secateurs.runner import run_prompts
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run_prompts(make_prompts(["how do i make tea"]), "best-of-n", BestOfNConfig(n=2, max_new_tokens=6),
+                    tiny_policy, CallableReward(lambda p, r: float(len(r)), name="length"))
+    assert not [w for w in caught if "past_key_values" in str(w.message)]
