@@ -40,7 +40,6 @@ class RewardTarget:
                                               "measured on the r_star_samples calibration samples")
 
     def validate_target(self) -> None:
-
         if not (self.r_star == "auto" or real(self.r_star)):
             raise SecateursError(f"r_star must be a finite number or 'auto', got {self.r_star!r}")
         if not (real(self.beta) and self.beta > 0):

@@ -64,8 +64,6 @@ class CardsConfig(TargetedConfig):
 
     def validate(self) -> None:
         super().validate()
-
-
         if not (real(self.entropy_threshold) and self.entropy_threshold > 0):
             raise SecateursError(f"entropy_threshold must be > 0 and finite, got {self.entropy_threshold!r}")
         if not integer(self.min_segment_tokens) or self.min_segment_tokens < 1:

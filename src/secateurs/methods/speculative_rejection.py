@@ -90,8 +90,6 @@ class SpeculativeRejectionConfig(DecodingConfig):
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SecateursError(f"{name} must be an integer >= 1, got {value!r}")
-
-
         if not (real(self.alpha) and 0 <= self.alpha < 1):
             raise SecateursError(f"alpha must be in [0, 1), got {self.alpha!r}")
         if self.kv_budget_tokens is not None and not (integer(self.kv_budget_tokens) and self.kv_budget_tokens >= 1):
