@@ -2,7 +2,11 @@
 seconds and against LM tokens, positions computed, and CARDS' speedup over the Best-of-N curve.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/cards.py [--quick] [--prompts 20] \
-        [--max-new-tokens 64] [--rewards civility+sentiment,default] [--out-dir benchmarks/out/cards]
+        [--max-new-tokens 64] [--rewards civility+sentiment,default] [--out-dir benchmarks/out/cards] \
+        [--methods "cards paper hard r*,..."] [--max-batch-rows 64]
+
+(--methods: only these rows of the table besides the Best-of-N curve; --max-batch-rows for every
+method. With one row per prompt, CARDS keeps the batch busy only with more prompts than rows.)
 
 (one torch thread: on a CPU shared with other jobs, more threads spin against each other.)
 
