@@ -166,6 +166,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.quick:
         args.prompts, args.max_new_tokens, args.resamples = 4, 24, 200
+    wanted = [m.strip() for m in args.methods.split(",")] if args.methods else []
+    known = [m[0] for m in methods(False, 0.0, full=True)]  # names do not depend on r_star
+    if any(m not in known for m in wanted):  # before any model loads
+        parser.error(f"unknown --methods {[m for m in wanted if m not in known]}; known: {known}")
     prompts = load_prompts(args.prompts)
     policy = load_policy()
     for k, spec in enumerate(args.rewards.split(",")):
@@ -186,11 +190,6 @@ def main() -> None:
         r_star = statistics.fmean(plain) + 0.5 * statistics.pstdev(plain)
         chosen = methods(args.quick, r_star, full=k == 0)
         if args.methods:
-            wanted = [m.strip() for m in args.methods.split(",")]
-            known = [m[0] for m in methods(False, r_star, full=True)]
-            unknown = [m for m in wanted if m not in known]
-            if unknown:
-                parser.error(f"unknown --methods {unknown}; known: {known}")
             chosen = [m for m in methods(False, r_star, full=True) if m[0] in wanted]
         for name, method, options in chosen:
             runs[name] = secateurs.align(prompts[::ARGS_EVERY] if name == "args" else prompts, method=method, out=out / f"{name.replace(' ', '_')}.jsonl",

@@ -1,13 +1,18 @@
 """The transformers backend on a tiny random Llama: KV-cache operations must match recomputing from scratch."""
 
+import warnings
+
 import pytest
 import torch
 
 from secateurs.backends.transformers import TransformersBackend
 from secateurs.errors import SecateursError
 from secateurs.meter import Meter
+from secateurs.methods.best_of_n import BestOfNConfig
 from secateurs.policy import Policy
-from secateurs.prompts import make_prompt
+from secateurs.prompts import make_prompt, make_prompts
+from secateurs.rewards import CallableReward
+from secateurs.runner import run_prompts
 from secateurs.sampling import SamplingParams, child_key, prompt_key
 from secateurs.scheduler import Request
 from secateurs.sequence import RELEASED, RUNNING, STOPPED, Sequence
@@ -511,13 +516,6 @@ def test_stop_rules_and_sampling_params_differ_per_sequence_in_one_step(quiet):
 
 
 def test_decoding_uses_the_models_own_cache_keyword_without_deprecation_warnings(tiny_policy):
-    import warnings
-
-    from secateurs.methods.best_of_n import BestOfNConfig
-    from secateurs.prompts import make_prompts
-    from secateurs.rewards import CallableReward
-    from secateurs.runner import run_prompts
-
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run_prompts(make_prompts(["how do i make tea"]), "best-of-n", BestOfNConfig(n=2, max_new_tokens=6),

@@ -5,6 +5,7 @@ import math
 import pytest
 
 from secateurs.errors import SecateursError
+from secateurs.methods.acceptance import accepts
 from secateurs.methods.args import ArgsConfig
 from secateurs.methods.cards import CardsConfig, threshold
 from secateurs.methods.rejection_sampling import RejectionSamplingConfig
@@ -99,7 +100,6 @@ def test_threshold_schedule():
 
 
 def test_hard_acceptance_is_reward_at_least_the_threshold():
-    from secateurs.methods.acceptance import accepts
     hard = CardsConfig(acceptance="hard")
     assert accepts(1.5, 1.5, hard, key=0, counter=1)  # the paper: accept iff r >= tau
     assert not accepts(math.nextafter(1.5, 0), 1.5, hard, key=0, counter=1)

@@ -88,7 +88,7 @@ class SpeculativeRejectionConfig(DecodingConfig):
             value = getattr(self, name)
             if value is None and name == "n":
                 continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not integer(value) or value < 1:
                 raise SecateursError(f"{name} must be an integer >= 1, got {value!r}")
         if not (real(self.alpha) and 0 <= self.alpha < 1):
             raise SecateursError(f"alpha must be in [0, 1), got {self.alpha!r}")
