@@ -18,6 +18,7 @@ from .config import build_config, option_specs
 from .methods import get_method, method_names
 from .models import load_policy
 from .prompts import builtin_prompts, load_prompts
+from .results import check_output
 from .rewards import load_reward
 from .runner import run_prompts
 
@@ -195,33 +196,36 @@ def run(method, prompts_path, out, policy, reward, seed, device, backend, quiet,
     backend = _check_backend(backend, methods, use_ray)
     ray = _ray_settings(use_ray, ray_address, workers, gpus_per_worker)
     fields = _fields(prompt_field, messages_field, id_field, split)
+    if method:
+        outs = {method: out or Path("secateurs-out") / f"{method}.jsonl"}
+    else:
+        outs = {m: _comparison_folder(out) / f"{m}.jsonl" for m in methods}
+    for path in outs.values():
+        check_output(path)  # a folder, /dev/null or someone's file fails now, not after generating
     prompts = load_prompts(prompts_path, **fields) if prompts_path else builtin_prompts()
+    tag = None
     if shard is not None:
-        from .shard import select_shard
+        from .shard import select_shard, shard_tag
 
+        tag = shard_tag(shard, len(prompts))
         prompts = select_shard(prompts, shard)
     if ray is not None:
         from .ray import align_dataset
 
-        target = out or Path("secateurs-out") / f"{method}.jsonl"
+        target = outs[method]
         results = align_dataset(prompts, method, configs[method], policy=policy, reward=reward, seed=seed,
                                 out=target, device=device, progress=not quiet, **ray)
         if not quiet:
             click.echo(f"{method}: {len(prompts)} results in {target}", err=True)
             _print_summary({method: results})
         return
-    if method:
-        outs = {method: out or Path("secateurs-out") / f"{method}.jsonl"}
-    else:
-        folder = out or Path("secateurs-out")
-        outs = {m: folder / f"{m}.jsonl" for m in methods}
     engine = make_backend(backend, policy, device=device) if backend != "transformers" else None
     loaded_policy = engine.policy if engine is not None else load_policy(policy, device=device)
     loaded_reward = load_reward(reward, device=device)
     by_method = {}
     for m in methods:
         by_method[m] = run_prompts(prompts, m, configs[m], loaded_policy, loaded_reward, seed=seed, out=outs[m],
-                                   progress=not quiet, backend=engine)
+                                   progress=not quiet, backend=engine, shard=tag)
         if not quiet:
             click.echo(f"{m}: {len(prompts)} results in {outs[m]}", err=True)
     if not quiet:
@@ -229,6 +233,17 @@ def run(method, prompts_path, out, policy, reward, seed, device, backend, quiet,
             _print_summary(by_method)
         else:
             _print_comparison(prompts, by_method)
+
+
+def _comparison_folder(out: Path | None) -> Path:
+    """The folder comparison mode (no --method) writes one METHOD.jsonl into; a file name is refused."""
+    if out is None:
+        return Path("secateurs-out")
+    if (out.exists() and not out.is_dir()) or (not out.exists() and out.suffix.lower() in (".jsonl", ".json")):
+        raise SecateursError(f"without --method, run compares {len(DEMO_METHODS)} methods and --out is a folder "
+                             f"for their METHOD.jsonl files, not a file: got --out {str(out)!r} (give a folder, "
+                             "or --method for one file)")
+    return out
 
 
 @cli.command(context_settings={"allow_interspersed_args": True})
@@ -357,12 +372,19 @@ def serve(method, policy, reward, seed, device, backend, host, port, max_queue, 
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="The joined JSONL.")
-def merge(inputs, out) -> None:
-    """Join the outputs of `secateurs run --shard I/N` (refusing slices of different configurations)."""
-    from .merge import merge_results
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The joined JSONL: a new file, or an earlier merge of the same run (its results are kept).")
+@click.option("--allow-partial", is_flag=True,
+              help="Merge even when shards are missing or unfinished, or the inputs mix different --shard N.")
+def merge(inputs, out, allow_partial) -> None:
+    """Join the outputs of `secateurs run --shard I/N`, refusing slices of different configurations and,
+    unless --allow-partial, an incomplete set of shards."""
+    from .merge import IncompleteShards, merge_results
 
-    count = merge_results(inputs, out)
+    try:
+        count = merge_results(inputs, out, allow_partial=allow_partial)
+    except IncompleteShards as e:
+        raise IncompleteShards(e.what, hint="--allow-partial") from None
     click.echo(f"{count} results in {out}", err=True)
 
 
