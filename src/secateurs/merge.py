@@ -174,7 +174,7 @@ def _merge_locked(inputs: list[Path], out: Path, allow_partial: bool) -> int:
                     raise SecateursError(f"merge: prompt id {pid!r} has different results in {where[pid]} and "
                                          f"{source}; refusing to choose one")
                 if merged[pid].get("shard") is None and record.get("shard") is not None:
-                    merged[pid] = record  # the same answer, and now its slice is known
+                    merged[pid], where[pid] = record, source  # the same answer, and now its slice is known
                 continue
             merged[pid] = record
             where[pid] = source
