@@ -1,6 +1,7 @@
 """`secateurs bench` end to end on the tiny policy and two prompts."""
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -76,3 +77,74 @@ def test_bench_errors_come_before_any_model_loads(tmp_path):
     empty.write_text("\n")
     result = invoke("bench", "--methods", "sampling", "--prompts", empty, "--out", tmp_path / "o")
     assert result.exit_code != 0 and "no prompts" in str(result.exception)
+
+
+def test_bench_refuses_an_out_it_did_not_write_before_any_model_loads(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "results.jsonl").write_text("my results\n")
+    (mine / "summary.json").write_text('{"my": "summary"}\n')
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("notes\n")
+    # the policy does not exist: were it loaded first, the error would name it instead
+    for out, message in [(mine, "holds files a bench did not write (results.jsonl, summary.json)"),
+                         (a_file, "is a file"), (a_file / "sub", "is a file")]:
+        result = invoke("bench", "--methods", "sampling", "--policy", "/no/such/policy", "--out", out)
+        assert result.exit_code != 0 and message in str(result.exception), (out, result.exception)
+        assert str(out) in str(result.exception) and "\n" not in str(result.exception)
+    assert sorted(p.name for p in mine.iterdir()) == ["results.jsonl", "summary.json"]
+    assert (mine / "results.jsonl").read_text() == "my results\n" and a_file.read_text() == "notes\n"
+    # a new or empty folder passes the check (and the missing policy is what fails)
+    (tmp_path / "empty").mkdir()
+    for out in (tmp_path / "empty", tmp_path / "new"):
+        result = invoke("bench", "--methods", "sampling", "--policy", "/no/such/policy", "--out", out)
+        assert "/no/such/policy" in str(result.exception), result.exception
+
+
+def test_bench_resumes_in_its_own_folder_marked_by_its_manifest(tiny_policy_folder, tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", "--methods", "sampling", "--policy", tiny_policy_folder, "--reward", "sentiment",
+            "--max-new-tokens", "4", "--bootstrap", "100", "--out", out]
+    assert invoke(*args).exit_code == 0
+    manifest = json.loads((out / "secateurs-bench.json").read_text())
+    assert manifest["written_by"] == "secateurs bench"
+    (out / "summary.json").unlink()  # killed before the report: the manifest alone marks the folder
+    result = invoke(*args)
+    assert result.exit_code == 0, result.exception
+    assert (out / "summary.json").exists()
+
+
+def test_a_repeated_method_key_is_refused(tmp_path):
+    result = invoke("bench", "--methods", "best-of-n:n=2:n=3", "--policy", "/no/such/policy", "--out", tmp_path / "o")
+    assert result.exit_code != 0 and "option 'n' is given twice" in str(result.exception), result.exception
+    config = tmp_path / "bench.yaml"
+    config.write_text("methods:\n  - best-of-n: {n: [2], max-new-tokens: 4, max_new_tokens: 5}\n")
+    result = invoke("bench", "--config", config, "--policy", "/no/such/policy", "--out", tmp_path / "o")
+    assert result.exit_code != 0 and "option 'max_new_tokens' is given twice" in str(result.exception)
+    assert not (tmp_path / "o").exists()
+
+
+def test_bench_help_config_keys_and_prompt_formats_agree(tiny_policy_folder, tmp_path):
+    from secateurs.bench.spec import CONFIG_KEYS
+
+    help_text = " ".join(invoke("bench", "--help").output.split())
+    run_help = " ".join(invoke("run", "--help").output.split())
+    for key in CONFIG_KEYS:
+        assert key in help_text, key
+    formats = "Prompts: a JSONL/JSON, Parquet, Arrow or CSV/TSV file, a saved dataset folder, or hf:OWNER/NAME"
+    assert formats in help_text and formats in run_help
+    # every key --help lists works in --config, e.g. a dataset's field and the device
+    prompts = tmp_path / "questions.jsonl"
+    prompts.write_text('{"question": "how do i make tea"}\n{"question": "a calm night"}\n')
+    config = tmp_path / "bench.yaml"
+    config.write_text(f"methods: [sampling]\nprompts: {prompts}\nprompt_field: question\ndevice: cpu\n"
+                      f"backend: transformers\npolicy: {tiny_policy_folder}\nreward: sentiment\nmax_new_tokens: 4\n"
+                      f"bootstrap: 100\nout: {tmp_path / 'out'}\n")
+    result = invoke("bench", "--config", config)
+    assert result.exit_code == 0, result.exception
+    records = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in records] == ["how do i make tea", "a calm night"]
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme[readme.index("## Comparing methods: `secateurs bench`"):readme.index("## Many workers")]
+    for key in CONFIG_KEYS:
+        assert f"`{key}`" in section, key

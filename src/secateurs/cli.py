@@ -13,11 +13,13 @@ import click
 
 from .entry import INTERRUPTED
 from .backends import check_backend, check_method, make_backend
+from .bench.spec import CONFIG_KEYS
 from .errors import SecateursError
 from .config import build_config, option_specs
 from .methods import get_method, method_names
 from .models import load_policy
 from .prompts import builtin_prompts, load_prompts
+from .results import check_output
 from .rewards import load_reward
 from .runner import run_prompts
 
@@ -25,6 +27,8 @@ from .runner import run_prompts
 # two methods this library exists for, each with the paper's defaults except the sample budget, which
 # is the same 16 for Best-of-N and Speculative Rejection so their costs compare directly.
 DEMO_METHODS = {"sampling": {}, "best-of-n": {"n": 16}, "speculative-rejection": {"n": 16}, "cards": {}}
+PROMPTS_HELP = ("Prompts: a JSONL/JSON, Parquet, Arrow or CSV/TSV file, a saved dataset folder, or hf:OWNER/NAME "
+                "(a Hugging Face dataset read from the local cache, never downloaded). Default: the built-in prompt set.")
 
 
 def _options(**values) -> dict:
@@ -154,10 +158,7 @@ def cli(verbose: bool, debug: bool) -> None:
 @cli.command()
 @click.option("--method", type=click.Choice(method_names()), default=None,
               help=f"Alignment method. Without it, runs {', '.join(DEMO_METHODS)} and prints them side by side.")
-@click.option("--prompts", "prompts_path", default=None,
-              help="Prompts: a JSONL/JSON, Parquet, Arrow or CSV/TSV file, a saved dataset folder, or "
-                   "hf:OWNER/NAME (a Hugging Face dataset read from the local cache, never downloaded). "
-                   "Default: the built-in prompt set.")
+@click.option("--prompts", "prompts_path", default=None, help=PROMPTS_HELP)
 @prompt_field_options
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Output JSONL (default secateurs-out/METHOD.jsonl); a folder when comparing methods. "
@@ -195,33 +196,36 @@ def run(method, prompts_path, out, policy, reward, seed, device, backend, quiet,
     backend = _check_backend(backend, methods, use_ray)
     ray = _ray_settings(use_ray, ray_address, workers, gpus_per_worker)
     fields = _fields(prompt_field, messages_field, id_field, split)
+    if method:
+        outs = {method: out or Path("secateurs-out") / f"{method}.jsonl"}
+    else:
+        outs = {m: _comparison_folder(out) / f"{m}.jsonl" for m in methods}
+    for path in outs.values():
+        check_output(path)  # a folder, /dev/null or someone's file fails now, not after generating
     prompts = load_prompts(prompts_path, **fields) if prompts_path else builtin_prompts()
+    tag = None
     if shard is not None:
-        from .shard import select_shard
+        from .shard import select_shard, shard_tag
 
+        tag = shard_tag(shard, len(prompts))
         prompts = select_shard(prompts, shard)
     if ray is not None:
         from .ray import align_dataset
 
-        target = out or Path("secateurs-out") / f"{method}.jsonl"
+        target = outs[method]
         results = align_dataset(prompts, method, configs[method], policy=policy, reward=reward, seed=seed,
                                 out=target, device=device, progress=not quiet, **ray)
         if not quiet:
             click.echo(f"{method}: {len(prompts)} results in {target}", err=True)
             _print_summary({method: results})
         return
-    if method:
-        outs = {method: out or Path("secateurs-out") / f"{method}.jsonl"}
-    else:
-        folder = out or Path("secateurs-out")
-        outs = {m: folder / f"{m}.jsonl" for m in methods}
     engine = make_backend(backend, policy, device=device) if backend != "transformers" else None
     loaded_policy = engine.policy if engine is not None else load_policy(policy, device=device)
     loaded_reward = load_reward(reward, device=device)
     by_method = {}
     for m in methods:
         by_method[m] = run_prompts(prompts, m, configs[m], loaded_policy, loaded_reward, seed=seed, out=outs[m],
-                                   progress=not quiet, backend=engine)
+                                   progress=not quiet, backend=engine, shard=tag)
         if not quiet:
             click.echo(f"{m}: {len(prompts)} results in {outs[m]}", err=True)
     if not quiet:
@@ -231,16 +235,28 @@ def run(method, prompts_path, out, policy, reward, seed, device, backend, quiet,
             _print_comparison(prompts, by_method)
 
 
+def _comparison_folder(out: Path | None) -> Path:
+    """The folder comparison mode (no --method) writes one METHOD.jsonl into; a file name is refused."""
+    if out is None:
+        return Path("secateurs-out")
+    if (out.exists() and not out.is_dir()) or (not out.exists() and out.suffix.lower() in (".jsonl", ".json")):
+        raise SecateursError(f"without --method, run compares {len(DEMO_METHODS)} methods and --out is a folder "
+                             f"for their METHOD.jsonl files, not a file: got --out {str(out)!r} (give a folder, "
+                             "or --method for one file)")
+    return out
+
+
 @cli.command(context_settings={"allow_interspersed_args": True})
 @click.argument("more_methods", nargs=-1)
 @click.option("--methods", "first_method", default=None,
               help="Methods to compare, each METHOD[:KEY=V1,V2[:KEY=...]] (a grid), space-separated, e.g. "
                    "--methods best-of-n:n=1,2,4,8 speculative-rejection:alpha=0.5,0.9 cards")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), default=None,
-              help="YAML file with the same content (prompts, methods, out, policy, reward, ...); "
-                   "command-line options override it.")
-@click.option("--prompts", "prompts_path", default=None, help="Prompt file (JSONL or JSON list) [built-in set].")
-@click.option("--out", default=None, help="Output folder [secateurs-bench].")
+              help="YAML file of settings, with the keys " + ", ".join(CONFIG_KEYS) + " (the options of the same "
+                   "names; methods: a list of specs or {METHOD: {KEY: [VALUES]}}); command-line options override it.")
+@click.option("--prompts", "prompts_path", default=None, help=PROMPTS_HELP)
+@click.option("--out", default=None, help="Output folder [secateurs-bench]: new, empty, or an earlier bench's "
+                                          "(which the same command resumes); any other folder is refused.")
 @click.option("--policy", default=None)
 @click.option("--reward", default=None, help="The guiding reward every method optimises.")
 @click.option("--gold-reward", default=None, help="A separate reward to judge with (exposes reward hacking).")
@@ -270,10 +286,9 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
             raise SecateursError(f"cannot read --config {str(config_path)!r}: {e}") from None
         if not isinstance(data, dict):
             raise SecateursError(f"--config {str(config_path)!r} must hold a mapping")
-        known = {"prompts", "methods", "out", "policy", "reward", "gold_reward", "reference", "tie_margin",
-                 "max_new_tokens", "seed", "bootstrap"}
-        if set(data) - known:
-            raise SecateursError(f"--config: unknown keys {sorted(map(str, set(data) - known))}; known: {sorted(known)}")
+        unknown = sorted(map(str, set(data) - set(CONFIG_KEYS)))
+        if unknown:
+            raise SecateursError(f"--config: unknown keys {unknown}; known: {', '.join(CONFIG_KEYS)}")
     specs = [m for m in (first_method, *more_methods) if m]
     cells = [c for m in specs for c in parse_method_spec(m)] if specs else cells_from_yaml(data.get("methods") or [])
 
@@ -288,11 +303,14 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
         seed=pick(seed, "seed", 0), bootstrap=pick(bootstrap, "bootstrap", 1000),
         common=_options(max_new_tokens=pick(max_new_tokens, "max_new_tokens")),
         command="secateurs bench " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
-        prompt_fields=_fields(prompt_field, messages_field, id_field, split),
+        prompt_fields=_fields(*(pick(v, k) for v, k in ((prompt_field, "prompt_field"),
+                                                          (messages_field, "messages_field"),
+                                                          (id_field, "id_field"), (split, "split")))),
+        device=pick(device, "device"), backend=pick(backend, "backend"),
     )
-    backend = _check_backend(backend, [c.method for c in cells], use_ray)
+    backend = _check_backend(spec.backend, [c.method for c in cells], use_ray)
     ray = _ray_settings(use_ray, ray_address, workers, gpus_per_worker)
-    prompts, results, setting = run_bench(spec, device=device, ray=ray, backend=backend)
+    prompts, results, setting = run_bench(spec, device=spec.device, ray=ray, backend=backend)
     summary = write_report(spec, prompts, results, setting)
     click.echo(f"{'method':36s} {'reward':>8s} {'seconds':>8s} {'LM tokens':>10s} {'LM positions':>12s} "
                f"{'RM calls':>9s}")
@@ -357,12 +375,19 @@ def serve(method, policy, reward, seed, device, backend, host, port, max_queue, 
 
 @cli.command()
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="The joined JSONL.")
-def merge(inputs, out) -> None:
-    """Join the outputs of `secateurs run --shard I/N` (refusing slices of different configurations)."""
-    from .merge import merge_results
+@click.option("--out", type=click.Path(path_type=Path), required=True,
+              help="The joined JSONL: a new file, or an earlier merge of the same run (its results are kept).")
+@click.option("--allow-partial", is_flag=True,
+              help="Merge even when shards are missing or unfinished, or the inputs mix different --shard N.")
+def merge(inputs, out, allow_partial) -> None:
+    """Join the outputs of `secateurs run --shard I/N`, refusing slices of different configurations and,
+    unless --allow-partial, an incomplete set of shards."""
+    from .merge import IncompleteShards, merge_results
 
-    count = merge_results(inputs, out)
+    try:
+        count = merge_results(inputs, out, allow_partial=allow_partial)
+    except IncompleteShards as e:
+        raise IncompleteShards(e.what, hint="--allow-partial") from None
     click.echo(f"{count} results in {out}", err=True)
 
 

@@ -15,7 +15,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any, Iterable, Sequence
+from typing import IO, Any, Callable, Iterable, Sequence
 
 from .errors import SecateursError
 from .meter import Cost
@@ -45,6 +45,9 @@ class AlignResult:
     run_fingerprint: str = ""
     # Prompt.fingerprint of the prompt answered; filled in from `prompt` when not given.
     prompt_fingerprint: str = ""
+    # `run --shard I/N`: {"index": I, "count": N, "prompts": P (the whole prompt set)}, so `merge` can tell
+    # a missing or unfinished slice; None (and no field in the file) for a run of every prompt.
+    shard: dict[str, int] | None = None
 
     def __post_init__(self):
         if not self.prompt_fingerprint:
@@ -53,6 +56,8 @@ class AlignResult:
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["cost"] = self.cost.to_dict()
+        if d["shard"] is None:  # lines of unsharded runs stay as they were
+            del d["shard"]
         return d
 
     @classmethod
@@ -79,12 +84,22 @@ def _parse_result(line: str) -> AlignResult:
     if missing:
         raise ValueError(f"no {', '.join(repr(k) for k in missing)} field")
     if not isinstance(record["id"], str) or not isinstance(record["run_fingerprint"], str) \
-            or not isinstance(record["cost"], dict):
+            or not isinstance(record["cost"], dict) or not _shard_ok(record.get("shard")):
         raise ValueError("fields of the wrong type")
     try:
         return AlignResult.from_json(record)
     except (TypeError, KeyError, ValueError, AttributeError) as e:
         raise ValueError(f"not a result ({type(e).__name__}: {e})") from None
+
+
+def _shard_ok(shard: Any) -> bool:
+    if shard is None:
+        return True
+    if not isinstance(shard, dict) or set(shard) != {"index", "count", "prompts"}:
+        return False
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in shard.values()):
+        return False
+    return 0 <= shard["index"] < shard["count"] and shard["prompts"] >= 0
 
 
 _NUMBER_PREFIX = re.compile(r"-?(?:0|[1-9][0-9]*)?(?:\.[0-9]*)?(?:[eE][+-]?[0-9]*)?")
@@ -180,13 +195,27 @@ def _foreign(path: Path, why: str) -> SecateursError:
 def _check_output_path(path: Path) -> None:
     if path.is_dir():
         raise SecateursError(f"output {str(path)!r} is a folder; give a file path such as {str(path / 'out.jsonl')!r}")
-    if path.exists() and not path.is_file() and str(path) != os.devnull:
+    if path.exists() and not path.is_file():  # /dev/null too: it cannot be fsynced, so it would fail mid-run
         raise SecateursError(f"output {str(path)!r} is not a regular file (a device or pipe); give a file path")
     for parent in path.parents:
         if parent.exists():
             if not parent.is_dir():
                 raise SecateursError(f"cannot write output {str(path)!r}: {str(parent)!r} is a file, not a folder")
             break
+
+
+def check_output(path: Path) -> None:
+    """Refuse now, before any model loads, an output every run would refuse: a folder, a device or pipe,
+    a path under a file, or an existing file that is not secateurs results. Changes nothing; the
+    configuration and prompt checks come when open_results opens it."""
+    path = Path(path)
+    _check_output_path(path)
+    if path.is_file():
+        try:
+            with open(path, "rb") as f:
+                _load(path, f, None, None)
+        except OSError as e:
+            raise _os_error(path, "cannot read output", e) from None
 
 
 def _open_locked(path: Path) -> IO[bytes]:
@@ -218,11 +247,13 @@ def _os_error(path: Path, doing: str, e: OSError) -> SecateursError:
     return SecateursError(f"{doing} {str(path)!r}: {reason}")
 
 
-def _load(path: Path, f: IO[bytes], fingerprint: str, prompts: dict[str, Prompt | None]
-          ) -> tuple[dict[str, AlignResult], int | None]:
+def _load(path: Path, f: IO[bytes], fingerprint: str | None, prompts: dict[str, Prompt | None] | None,
+          accept: Callable[[AlignResult], bool] | None = None) -> tuple[dict[str, AlignResult], int | None]:
     """Check everything in the open file; return the results by id and what the file needs before
     results are appended: the length to cut a killed run's partial last line back to, or -1 when its
-    last line is a whole result with no newline (an editor dropped it). Nothing is changed here."""
+    last line is a whole result with no newline (an editor dropped it). Nothing is changed here.
+    fingerprint and prompts None: only that the file is secateurs results. `accept`: also takes a
+    result of another fingerprint (one written before the fingerprint left out max_batch_rows)."""
     f.seek(0)
     data = f.read()
     end = data.rfind(b"\n") + 1
@@ -254,7 +285,9 @@ def _load(path: Path, f: IO[bytes], fingerprint: str, prompts: dict[str, Prompt 
             repair = len(complete)
     done: dict[str, AlignResult] = {}
     for lineno, result in results:
-        if result.run_fingerprint != fingerprint:
+        if fingerprint is None:
+            continue
+        if result.run_fingerprint != fingerprint and not (accept is not None and accept(result)):
             raise SecateursError(
                 f"{path} holds results of a different configuration (line {lineno}: method "
                 f"{result.method!r}, config {result.config}, seed {result.seed}, policy {result.policy!r}, "
@@ -295,7 +328,8 @@ def _repair(path: Path, f: IO[bytes], repair: int | None) -> None:
         raise _os_error(path, "cannot repair output", e) from None
 
 
-def open_results(path: Path, fingerprint: str, prompts: Sequence[Prompt]
+def open_results(path: Path, fingerprint: str, prompts: Sequence[Prompt],
+                 accept: Callable[[AlignResult], bool] | None = None
                  ) -> tuple[dict[str, AlignResult], "ResultWriter"]:
     """Lock `path` and return the results already there (by prompt id) and a writer appending to it.
 
@@ -304,12 +338,13 @@ def open_results(path: Path, fingerprint: str, prompts: Sequence[Prompt]
     for a prompt id not in `prompts` or for a different prompt under the same id, an output that is
     a folder, under a file or unwritable, and an output another process is writing. The only change
     ever made to an existing file is dropping a last line cut off mid-write. `writer.close()`
-    releases the lock.
+    releases the lock. `accept(result)`: whether a result of another fingerprint is of this
+    configuration all the same (runner.py: files written before max_batch_rows left the fingerprint).
     """
     path = Path(path)
     f = _open_locked(path)
     try:
-        done, repair = _load(path, f, fingerprint, {p.id: p for p in prompts})
+        done, repair = _load(path, f, fingerprint, {p.id: p for p in prompts}, accept)
         _repair(path, f, repair)
     except BaseException:
         f.close()

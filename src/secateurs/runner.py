@@ -24,29 +24,66 @@ from .sampling import prompt_key
 from .scheduler import Request, Scheduler, SchedulerStats
 
 
-def run_fingerprint(method: str, config: DecodingConfig, policy: Policy, reward: Reward, seed: int,
-                    backend=None) -> str:
-    """Identifies a configuration: results of different configurations (or library versions, whose
-    methods may decide differently, or backends: the vllm backend draws other samples and records its
-    vLLM version) never share a file."""
-    fields = {"method": method, "config": config.to_dict(), "policy": policy.name, "reward": reward.name,
-              "seed": seed, "secateurs": __version__}
-    engine = backend_fingerprint(backend)
+# Settings that decide how fast a run goes, not what it answers (answers depend only on the seed, prompt id
+# and sample index): left out of the fingerprint, so a run that ran out of memory resumes with fewer rows.
+# Not for Speculative Rejection: without n its B0 is capped at max_batch_rows, and with n its memory budget
+# is shared by the max_batch_rows // n prompts in flight, so there rows change answers.
+SPEED_ONLY = ("max_batch_rows",)
+_ROWS_CHANGE_ANSWERS = frozenset({"speculative-rejection"})
+
+
+def answer_config(method: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The settings of `config` (a config's to_dict()) that can change answers."""
+    if method in _ROWS_CHANGE_ANSWERS:
+        return dict(config)
+    return {k: v for k, v in config.items() if k not in SPEED_ONLY}
+
+
+def _fingerprint(method: str, config: dict[str, Any], policy: str, reward: str, seed: int, engine) -> str:
+    fields = {"method": method, "config": config, "policy": policy, "reward": reward, "seed": seed,
+              "secateurs": __version__}
     if engine is not None:
         fields["backend"] = engine
     key = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def result_of(request: Request, policy: Policy, reward: Reward, fingerprint: str = "") -> AlignResult:
-    """The AlignResult of a finished request."""
+def run_fingerprint(method: str, config: DecodingConfig, policy: Policy, reward: Reward, seed: int,
+                    backend=None) -> str:
+    """Identifies a configuration: results of different configurations (or library versions, whose
+    methods may decide differently, or backends: the vllm backend draws other samples and records its
+    vLLM version) never share a file. Speed-only settings (SPEED_ONLY) are left out."""
+    return _fingerprint(method, answer_config(method, config.to_dict()), policy.name, reward.name, seed,
+                        backend_fingerprint(backend))
+
+
+def same_configuration(method: str, config: DecodingConfig, policy: Policy, reward: Reward, seed: int,
+                       backend=None) -> Callable[[AlignResult], bool]:
+    """Whether a result written before SPEED_ONLY left the fingerprint (its fingerprint hashes its whole
+    config) is of this configuration, so that such files still resume, with other rows too."""
+    engine = backend_fingerprint(backend)
+    mine = json.dumps(answer_config(method, config.to_dict()), sort_keys=True)
+
+    def accept(result: AlignResult) -> bool:
+        if result.method != method or not isinstance(result.config, dict):
+            return False
+        if json.dumps(answer_config(method, result.config), sort_keys=True) != mine:
+            return False
+        return _fingerprint(method, result.config, policy.name, reward.name, seed, engine) == result.run_fingerprint
+
+    return accept
+
+
+def result_of(request: Request, policy: Policy, reward: Reward, fingerprint: str = "",
+              shard: dict[str, int] | None = None) -> AlignResult:
+    """The AlignResult of a finished request (`shard`: the slice it was run in, results.AlignResult.shard)."""
     p, o = request.prompt, request.outcome
     details = {**o.details, "backend": request.backend_details} if request.backend_details else o.details
     return AlignResult(id=p.id, prompt=p.to_json(), response=o.response, reward=o.reward, method=request.method,
                        config=request.config.to_dict(), seed=request.seed, policy=policy.name,
                        reward_model=reward.name, finish_reason=o.finish_reason, response_tokens=len(o.response_ids),
                        cost=request.cost, details=details, run_fingerprint=fingerprint,
-                       prompt_fingerprint=p.fingerprint)
+                       prompt_fingerprint=p.fingerprint, shard=shard)
 
 
 def encode_prompt(policy: Policy, prompt: Prompt, config: DecodingConfig) -> list[int]:
@@ -59,7 +96,8 @@ def encode_prompt(policy: Policy, prompt: Prompt, config: DecodingConfig) -> lis
 def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, policy: Policy, reward: Reward,
                 seed: int = 0, out: str | Path | None = None, progress: bool = False,
                 on_results: Callable[[list[AlignResult]], Any] | None = None,
-                label: str | None = None, stats: SchedulerStats | None = None, backend=None) -> list[AlignResult]:
+                label: str | None = None, stats: SchedulerStats | None = None, backend=None,
+                shard: dict[str, int] | None = None) -> list[AlignResult]:
     """Run `method` on every prompt and return one result per prompt, in the prompts' order.
 
     All prompts go through one scheduler (rows freed by one prompt go to the next at once). With
@@ -67,7 +105,8 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     results are already there (from an earlier, possibly killed, run) are not run again.
     `stats`, if given, receives the scheduler's row-occupancy counts. `backend`: a ready backend
     (secateurs.backends.make_backend) to decode on instead of a transformers backend on `policy`
-    (None: that backend's own policy).
+    (None: that backend's own policy). `shard`: the slice these prompts are (`run --shard`), written
+    on each result for `merge` (results.AlignResult.shard).
     """
     if backend is not None and policy is None:
         policy = backend.policy
@@ -83,7 +122,8 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
         check_memory(policy, config, [len(ids) for ids in encoded.values()])
     fingerprint = run_fingerprint(method, config, policy, reward, seed, backend)
     # Locks the output, refuses a foreign file, another configuration or changed prompts.
-    done, writer = open_results(Path(out), fingerprint, prompts) if out is not None else ({}, None)
+    accept = same_configuration(method, config, policy, reward, seed, backend)
+    done, writer = open_results(Path(out), fingerprint, prompts, accept) if out is not None else ({}, None)
     todo = [p for p in prompts if p.id not in done]
     bar = tqdm(total=len(prompts), initial=len(prompts) - len(todo), desc=label or method, unit="prompt",
                disable=not progress, dynamic_ncols=True)
@@ -91,7 +131,7 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     requests = [Request(p, encoded[p.id], method, config, seed, prompt_key(seed, p.id)) for p in todo]
     try:
         for request in scheduler.run(requests):
-            result = result_of(request, policy, reward, fingerprint)
+            result = result_of(request, policy, reward, fingerprint, shard)
             p = request.prompt
             if writer is not None:
                 writer.write([result])

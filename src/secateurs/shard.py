@@ -5,7 +5,8 @@ Slice I of N holds the prompts at positions p (0-based, in the prompt file's ord
 p % N == I: round-robin, so slices differ in size by at most one prompt and every prompt is in
 exactly one slice. Slices depend only on the prompt order, not on ids or on anything random, so
 every process given the same prompt file computes the same slices. Each slice's output is an
-ordinary results JSONL (resumable like any run).
+ordinary results JSONL (resumable like any run) whose lines carry their slice (`shard_tag`), so
+`merge` can refuse a missing or unfinished slice.
 """
 
 from __future__ import annotations
@@ -44,3 +45,10 @@ def select_shard(prompts: Sequence[T], spec: str | tuple[int, int]) -> list[T]:
     """The prompts of slice I/N: those at positions p with p % N == I, in their order."""
     index, count = parse_shard(spec)
     return [p for position, p in enumerate(prompts) if position % count == index]
+
+
+def shard_tag(spec: str | tuple[int, int], total: int) -> dict[str, int]:
+    """What each result of slice I/N of `total` prompts records (results.AlignResult.shard): with the
+    total, merge knows how many results every slice must hold, an empty slice included."""
+    index, count = parse_shard(spec)
+    return {"index": index, "count": count, "prompts": total}

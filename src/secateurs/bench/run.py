@@ -13,6 +13,7 @@ from ..prompts import Prompt, builtin_prompts, load_prompts
 from ..results import AlignResult
 from ..rewards import Reward, load_reward
 from ..runner import run_prompts
+from .folder import check_folder, claim_folder
 from .spec import BenchSpec
 
 
@@ -52,8 +53,10 @@ def run_bench(spec: BenchSpec, device=None, progress: bool = True,
     workers, ray_address, gpus_per_worker); the workers load the models, this process scores the gold reward.
     `backend`: the engine the cells decode on (secateurs.backends; default transformers)."""
     configs = spec.validate()  # everything the user wrote is checked before a model loads
+    check_folder(spec.out)  # a user's folder or file too
     prompts = load_prompts(spec.prompts, **spec.prompt_fields) if spec.prompts else builtin_prompts()
     gold = load_reward(spec.gold_reward, device=device) if spec.gold_reward else None
+    claim_folder(spec.out, spec.command)
     cells_dir = spec.out / "cells"
     cells_dir.mkdir(parents=True, exist_ok=True)
     if ray is not None:

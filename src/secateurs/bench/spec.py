@@ -50,6 +50,19 @@ def _parse_value(text: str) -> Any:
     return text
 
 
+# The keys of `bench --config` YAML: the command's options (as snake_case) but the Ray ones, which stay
+# on the command line. `bench --help` and the README list these.
+CONFIG_KEYS = ("methods", "prompts", "prompt_field", "messages_field", "id_field", "split", "out", "policy",
+               "reward", "gold_reward", "reference", "tie_margin", "max_new_tokens", "seed", "bootstrap",
+               "device", "backend")
+
+
+def _once(where: str, grid: list[tuple[str, list[Any]]], key: str) -> None:
+    """A key given twice would silently take one of its values: refused."""
+    if any(k == key for k, _ in grid):
+        raise SecateursError(f"{where}: option {key!r} is given twice; list its values once, e.g. {key}=1,2")
+
+
 def parse_method_spec(spec: str) -> list[Cell]:
     """'best-of-n:n=1,2,4' -> three cells; 'speculative-rejection:n=64:alpha=0.5,0.9' -> two; 'cards' -> one."""
     method, *parts = spec.split(":")
@@ -59,6 +72,7 @@ def parse_method_spec(spec: str) -> list[Cell]:
         if not eq or not key or not values:
             raise SecateursError(f"bad method spec {spec!r}: expected METHOD:KEY=V1,V2[:KEY=...], got part {part!r}")
         key = key.replace("-", "_")
+        _once(f"bad method spec {spec!r}", grid, key)
         if _is_list_option(key):  # a list-valued option (decision_tokens): grid values are separated by '/'
             grid.append((key, [tuple(int(x) for x in v.split(",")) if _ints(v) else v for v in values.split("/")]))
         else:
@@ -103,6 +117,7 @@ def cells_from_yaml(entries: list) -> list[Cell]:
                 if isinstance(v, list) and not v:
                     raise SecateursError(f"method {method!r}: option {k!r} has an empty list of values")
                 k = k.replace("-", "_")
+                _once(f"method {method!r}", grid, k)  # n and n, or max-new-tokens and max_new_tokens
                 if _is_list_option(k):  # [4, 8] is one value; [[4, 8], [8, 16]] a grid of two
                     v = [tuple(x) if isinstance(x, list) else x for x in v] if isinstance(v, list) and v and \
                         all(isinstance(x, list) for x in v) else [tuple(v) if isinstance(v, list) else v]
@@ -128,6 +143,8 @@ class BenchSpec:
     bootstrap: int = 1000
     command: str = ""
     prompt_fields: dict[str, Any] = field(default_factory=dict)  # prompt_field, messages_field, id_field, split
+    device: str | None = None
+    backend: str | None = None
 
     def __post_init__(self):
         """Settings from YAML may have any type: each is checked here, before anything runs, by its key."""
@@ -165,6 +182,9 @@ class BenchSpec:
         self.policy = text("policy", self.policy)
         self.reward = text("reward", self.reward)
         self.gold_reward = text("gold_reward", self.gold_reward)
+        self.prompt_fields = {k: text(k, v) for k, v in self.prompt_fields.items() if v is not None}
+        self.device = text("device", self.device)
+        self.backend = text("backend", self.backend)
         if self.reference is not None and not isinstance(self.reference, str):
             self.reference = str(self.reference)  # named as a missing cell by validate()
         self.seed = integer("seed", self.seed)
