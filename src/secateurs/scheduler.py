@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from .backends.base import check_capabilities
-from .errors import SecateursError
+from .errors import RewardError, SecateursError
 from .meter import Cost, Meter
 from .methods import get_method
 from .prompts import Prompt
@@ -59,7 +59,7 @@ class Request:
     outcome: Any = None
     cost: Cost | None = None
     cancelled: bool = False
-    error: BaseException | None = None  # why it failed (async submissions)
+    error: BaseException | None = None  # why it failed (its reward, or async submission)
     backend_details: dict = field(default_factory=dict)  # what the backend reports for this request (vllm)
 
     @property
@@ -217,16 +217,17 @@ class Scheduler:
                     self.backend.release([s])  # its tokens stay on the handle
                 s.request.stopped.append(s)
             self._stream_tokens(running)
-        idle = [r for r in self.active if r.idle and r.stopped]
+        idle = [r for r in self.active if r.idle and r.stopped and r.error is None]
         if idle:
             self._score([s for r in idle for s in r.stopped])
             for r in idle:
+                if r.error is not None:  # its scores failed
+                    continue
                 stopped, r.stopped = r.stopped, []
                 r.live = [s for s in r.live if s.status != RELEASED]
-                r.policy.on_idle(stopped)
-                self._check_progress(r)
+                self._guard(r, r.policy.on_idle, stopped)
         for r in list(self.active):
-            if r.outcome is not None:
+            if r.outcome is not None or r.error is not None:
                 self._finish(r, done)
         self.meter.mark(self.active)
         return done
@@ -262,8 +263,16 @@ class Scheduler:
             method = get_method(request.method)
             request.policy = method.policy_class(request.config, Context(self, request))
             self.active.append(request)
-            request.policy.start()
-            self._check_progress(request)
+            self._guard(request, request.policy.start)
+
+    def _guard(self, request: Request, call, *args) -> None:
+        """A method's call; a reward failing inside it (e.g. CARDS' r(x)) fails this request only."""
+        try:
+            call(*args)
+        except RewardError as e:
+            request.error = e
+            return
+        self._check_progress(request)
 
     def _queued_rows(self) -> int:
         return sum(len(seqs) for r in self.active for seqs, _ in r.queue)
@@ -293,15 +302,43 @@ class Scheduler:
     def _score(self, seqs: list[Sequence]) -> None:
         """One RM call per kind (finished / partial) for all the stopped sequences of the step."""
         texts = [self.backend.decode(s.tokens) for s in seqs]
-        scores = metered_score_mixed(self.reward, self.meter, [s.request.prompt for s in seqs], texts,
-                                     [s.request for s in seqs], partial=[not s.finished for s in seqs])
+        partial = [not s.finished for s in seqs]
+        scores = self._isolated(seqs, lambda idx: metered_score_mixed(
+            self.reward, self.meter, [seqs[i].request.prompt for i in idx], [texts[i] for i in idx],
+            [seqs[i].request for i in idx], partial=[partial[i] for i in idx]))
         for s, text, score in zip(seqs, texts, scores):
             s.reward, s.scored_partial = score, not s.finished
             s.tags["text"] = text
 
     def _score_for_chooser(self, seqs: list[Sequence], texts: list[str]) -> list[float]:
-        return metered_score(self.reward, self.meter, [s.request.prompt for s in seqs], texts,
-                             [s.request for s in seqs], partial=True)
+        return self._isolated(seqs, lambda idx: metered_score(
+            self.reward, self.meter, [seqs[i].request.prompt for i in idx], [texts[i] for i in idx],
+            [seqs[i].request for i in idx], partial=True))
+
+    @staticmethod
+    def _isolated(seqs: list[Sequence], score: Callable[[list[int]], list[float]]) -> list[float]:
+        """`score(indices)` over all the sequences at once; if the reward fails, again request by request,
+        so that only the requests whose own scores fail fail (`error` set; their scores read 0.0 and
+        are never used) and no request's error names another's prompt or text. Scores do not depend
+        on what shares an RM call (rewards.base.length_buckets), so re-scoring changes no answer;
+        the failed call records nothing in the meter, so costs do not change either."""
+        try:
+            return score(list(range(len(seqs))))
+        except RewardError as e:
+            if len({id(s.request) for s in seqs}) == 1:  # one request: it is the culprit
+                seqs[0].request.error = e
+                return [0.0] * len(seqs)
+        scores = [0.0] * len(seqs)
+        by_request: dict[int, list[int]] = {}
+        for i, s in enumerate(seqs):
+            by_request.setdefault(id(s.request), []).append(i)
+        for idx in by_request.values():
+            try:
+                for i, value in zip(idx, score(idx)):
+                    scores[i] = value
+            except RewardError as e:
+                seqs[idx[0]].request.error = e
+        return scores
 
     def _release_all(self, request: Request) -> None:
         self.backend.release([s for s in request.live if s.status != RELEASED])
@@ -313,6 +350,7 @@ class Scheduler:
         self.backend.release_prompt(request)
 
     def _finish(self, request: Request, done: list[Request]) -> None:
+        """Retire a request with its outcome, or failed (`error` set: its reward failed); rows freed."""
         self._release_all(request)
         self.active.remove(request)
         request.cost = self.meter.close(request)
