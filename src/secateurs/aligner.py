@@ -16,6 +16,7 @@ import queue
 import threading
 from typing import Any
 
+from .admission import check_samples
 from .backends.base import check_capabilities
 from .backends.transformers import TransformersBackend
 from .config import build_config
@@ -61,6 +62,7 @@ class Aligner:
         """A validated request (bad options or a too-long prompt raise SecateursError here, before queueing)."""
         config = build_config(method, options)
         check_capabilities(self.backend, method, get_method(method).needs)  # e.g. ARGS on vllm: refused now
+        check_samples(config, 1)  # a huge n is refused here, before any sample exists
         p = prompt if isinstance(prompt, Prompt) else make_prompt(prompt, prompt_id or "0")
         return Request(p, encode_prompt(self.policy, p, config), method, config, seed, prompt_key(seed, p.id))
 

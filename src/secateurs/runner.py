@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from . import __version__
-from .admission import check_memory
+from .admission import check_memory, check_samples
 from .backends import backend_fingerprint
 from .backends.base import check_capabilities
 from .backends.transformers import TransformersBackend
@@ -100,6 +100,9 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     # A setting whose largest batch cannot fit fails now, not in the allocator (vLLM sizes its own cache).
     if encoded and (backend is None or backend.name == "transformers"):
         check_memory(policy, config, [len(ids) for ids in encoded.values()])
+    # Samples kept until their method decides (a huge n) must fit in host memory, whatever the backend.
+    if encoded:
+        check_samples(config, len(encoded))
     fingerprint = run_fingerprint(method, config, policy, reward, seed, backend)
     # Locks the output, refuses a foreign file, another configuration or changed prompts.
     done, writer = open_results(Path(out), fingerprint, prompts) if out is not None else ({}, None)

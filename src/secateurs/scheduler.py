@@ -54,7 +54,7 @@ class Request:
     # filled in by the scheduler
     policy: Any = None
     live: list[Sequence] = field(default_factory=list)  # sequences not released
-    queue: deque = field(default_factory=deque)  # (sequences, gang) waiting for rows
+    queue: deque = field(default_factory=deque)  # (sequences, True) of a gang or (Pending, False), waiting for rows
     stopped: list[Sequence] = field(default_factory=list)  # stopped since the method last looked
     outcome: Any = None
     cost: Cost | None = None
@@ -65,6 +65,31 @@ class Request:
     @property
     def idle(self) -> bool:
         return not self.queue and not any(s.status == RUNNING for s in self.live)
+
+
+class Pending:
+    """Samples asked for that have no row yet. Their handles are made as they get rows, so asking for
+    a huge number of samples (Best-of-N's n) costs nothing up front and a cancel drops them at once;
+    `out` (what Context.sample returned) fills in index order as they start."""
+
+    def __init__(self, indices: Iterable[int], make: Callable[[int], Sequence], out: list[Sequence]):
+        self.indices = indices if isinstance(indices, range) and indices.step == 1 else list(indices)
+        self.make, self.out = make, out
+
+    @property
+    def count(self) -> int:
+        i = self.indices
+        return max(0, i.stop - i.start) if isinstance(i, range) else len(i)
+
+    def take(self, k: int) -> list[Sequence]:
+        seqs = [self.make(j) for j in self.indices[:k]]
+        self.indices = self.indices[k:]
+        self.out.extend(seqs)
+        return seqs
+
+
+def _count(queued) -> int:
+    return queued.count if isinstance(queued, Pending) else len(queued)
 
 
 @dataclass
@@ -98,15 +123,26 @@ class Context:
         `gang`: the samples need rows together (they are decided together, e.g. at a decision point).
         """
         base = self.key if key is None else key
-        seqs = [Sequence(self.request, j, child_key(base, j), params or self.config.sampling(),
-                         self.config.max_new_tokens, until=until, stop_rule=stop_rule, chooser=chooser,
-                         keep_finished=keep_finished) for j in indices]
-        if gang and len(seqs) > self._scheduler.max_batch_rows:
-            raise SecateursError(f"{self.request.method} needs {len(seqs)} rows decoding together but max_batch_rows "
-                                 f"is {self._scheduler.max_batch_rows}; raise --max-batch-rows")
+        params = params or self.config.sampling()
+
+        def make(j: int) -> Sequence:
+            seq = Sequence(self.request, j, child_key(base, j), params, self.config.max_new_tokens, until=until,
+                           stop_rule=stop_rule, chooser=chooser, keep_finished=keep_finished)
+            self.request.live.append(seq)
+            return seq
+
+        if not gang:  # made as they get rows (Pending): the returned list is complete once they all started
+            pending = Pending(indices, make, [])
+            if pending.count:
+                self.request.queue.append((pending, False))
+            return pending.out
+        indices = list(indices)  # a gang: checked before any handle is made
+        if len(indices) > self._scheduler.max_batch_rows:
+            raise SecateursError(f"{self.request.method} needs {len(indices)} rows decoding together but "
+                                 f"max_batch_rows is {self._scheduler.max_batch_rows}; raise --max-batch-rows")
+        seqs = [make(j) for j in indices]
         if seqs:
             self.request.queue.append((seqs, gang))
-            self.request.live.extend(seqs)
         return seqs
 
     def extend(self, seqs: Iterable[Sequence], until: int | None = None) -> None:
@@ -275,7 +311,7 @@ class Scheduler:
         self._check_progress(request)
 
     def _queued_rows(self) -> int:
-        return sum(len(seqs) for r in self.active for seqs, _ in r.queue)
+        return sum(_count(seqs) for r in self.active for seqs, _ in r.queue)
 
     def _place(self) -> None:
         """Queued sequences take free rows, oldest request first; a gang waits until all of it fits."""
@@ -289,15 +325,17 @@ class Scheduler:
         for r in self.active:
             while r.queue and free > 0:
                 seqs, gang = r.queue[0]
-                if gang and len(seqs) > free:
-                    return
-                take = seqs[:free]
-                self.backend.start(take)
-                free -= len(take)
-                if len(take) == len(seqs):
+                if gang:
+                    if len(seqs) > free:
+                        return
+                    take = seqs
                     r.queue.popleft()
                 else:
-                    r.queue[0] = (seqs[len(take):], gang)
+                    take = seqs.take(free)
+                    if not seqs.count:
+                        r.queue.popleft()
+                self.backend.start(take)
+                free -= len(take)
 
     def _score(self, seqs: list[Sequence]) -> None:
         """One RM call per kind (finished / partial) for all the stopped sequences of the step."""
@@ -342,8 +380,8 @@ class Scheduler:
 
     def _release_all(self, request: Request) -> None:
         self.backend.release([s for s in request.live if s.status != RELEASED])
-        for seqs, _ in request.queue:
-            for s in seqs:
+        for seqs, gang in request.queue:
+            for s in seqs if gang else ():  # a Pending has made no handles: nothing to release
                 s.status = RELEASED
         request.queue.clear()
         request.live = []
