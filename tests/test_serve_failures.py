@@ -106,3 +106,20 @@ def test_a_reward_failing_on_one_request_fails_it_alone_with_a_500(server):
     for pid in ("tea", "sleep", "calm"):  # the others' answers are those they get alone
         assert ask(server, texts[pid], pid).choices[0].message.content == answers[pid]
     assert ask(server, "still there", "after").choices[0].message.content is not None
+
+
+def test_a_huge_n_is_refused_at_once_and_a_cancelled_big_request_does_not_hold_up_the_next(server):
+    front = server["front"]
+    started = time.time()
+    with pytest.raises(openai.BadRequestError, match="n=100000000 samples per prompt") as caught:
+        ask(server, "how do i make tea", "huge", timeout=30, method="best-of-n", n=100_000_000)
+    assert time.time() - started < 20 and "\n" not in caught.value.body["message"]
+    assert not front.pending
+    # A big but valid n whose client gives up: its request is cancelled and the next one is answered.
+    body = {"model": server["model"], "messages": [{"role": "user", "content": "how do i make tea"}], "max_tokens": 3,
+            "secateurs": {"method": "best-of-n", "n": 100_000}}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(server["url"] + "/v1/chat/completions", json=body, timeout=1.0)
+    assert wait_for(lambda: not front.pending, 20)
+    assert ask(server, "what is green", "next", timeout=30).choices[0].message.content is not None
+    assert front.rows_busy() == 0 and not server["front"].aligner.scheduler.active
