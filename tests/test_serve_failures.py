@@ -123,3 +123,13 @@ def test_a_huge_n_is_refused_at_once_and_a_cancelled_big_request_does_not_hold_u
     assert wait_for(lambda: not front.pending, 20)
     assert ask(server, "what is green", "next", timeout=30).choices[0].message.content is not None
     assert front.rows_busy() == 0 and not server["front"].aligner.scheduler.active
+
+
+def test_a_streamed_request_whose_reward_fails_ends_with_a_server_error_event(server):
+    body = {"model": server["model"], "messages": [{"role": "user", "content": "poison pill"}], "max_tokens": 3,
+            "stream": True, "secateurs": {"method": "best-of-n", "n": 2, "prompt_id": "bad"}}
+    with httpx.stream("POST", server["url"] + "/v1/chat/completions", json=body, timeout=60) as r:
+        lines = [line for line in r.iter_lines() if line.startswith("data: ")]
+    assert lines[-1] == "data: [DONE]"
+    error = lines[-2]
+    assert '"type": "server_error"' in error and "the reward failed for this request" in error
