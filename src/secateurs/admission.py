@@ -9,6 +9,12 @@ check where that cannot be read). That estimate is a lower bound of what the run
 setting it refuses can never fit; cache copies and the allocator's fragmentation come on top
 (HEADROOM), so the `--max-batch-rows` it suggests leaves room for them, and a setting that fits only
 without that room runs with a warning.
+
+Samples beyond the rows (Best-of-N's n > max_batch_rows, the r_star calibration samples, rejection
+sampling's rejected candidates) wait without rows and cost nothing until they start (scheduler.Pending),
+but each one that ran keeps its tokens, log-probs and text in host memory until its method decides:
+`check_samples` refuses a setting whose samples cannot all be kept (SAMPLE_BYTES each), so a huge n
+fails at once with the largest that fits instead of growing memory for hours.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import logging
 import torch
 
 from .errors import SecateursError
-from .methods.base import DecodingConfig
+from .methods.base import DecodingConfig, integer
 from .policy import Policy
 
 LOGITS_BUFFERS = 3  # logits, their float copy / scaled scores, and the sampling noise
@@ -31,6 +37,12 @@ LOGITS_BUFFERS = 3  # logits, their float copy / scaled scores, and the sampling
 # ran out of memory. Suggestions leave this much room (25,104 rows here: ran, 55 GiB); a setting between
 # the two gets a warning.
 HEADROOM = 1.6
+
+# Host memory one finished sample keeps until its method decides, measured with tracemalloc (CPython 3.12,
+# 128 tokens: 10.5 KB): its handle (~0.5 KB; 1 KB with its share of the result's per-candidate lists) and,
+# per token, the token id and log-prob as Python objects in lists (~76 bytes) and its decoded text (~5).
+SAMPLE_BYTES = 1024
+SAMPLE_BYTES_PER_TOKEN = 80
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +87,42 @@ def rows_at_most(config: DecodingConfig, n_prompts: int) -> int:
     if getattr(config, "r_star", None) == "auto":
         per_prompt = max(per_prompt, getattr(config, "r_star_samples", 0))
     return max(1, min(config.max_batch_rows, n_prompts * per_prompt))
+
+
+def samples_held(config: DecodingConfig) -> tuple[int, str]:
+    """The most samples one prompt keeps at once, and the option that sets it."""
+    from .methods.rejection_sampling import RejectionSamplingConfig
+
+    held = [(config.rows_per_prompt(), "max_batch_rows")]
+    if integer(getattr(config, "n", None)):
+        held.append((config.n, "n"))
+    if getattr(config, "needs_calibration", lambda: False)():
+        held.append((config.r_star_samples, "r_star_samples"))
+    if isinstance(config, RejectionSamplingConfig):  # it keeps every rejected candidate
+        held.append((config.max_retries, "max_retries"))
+    return max(held)
+
+
+def check_samples(config: DecodingConfig, n_prompts: int, available: int | None = None) -> None:
+    """Raise a one-line SecateursError if the samples the prompts in flight keep cannot fit in host memory.
+    `available` (bytes) overrides what /proc/meminfo reports (for tests)."""
+    count, option_name = samples_held(config)
+    per_sample = SAMPLE_BYTES + SAMPLE_BYTES_PER_TOKEN * config.max_new_tokens
+    # Prompts keeping samples at once: those whose rows fit together, and one more starting as the last ends.
+    prompts = min(max(1, n_prompts), config.max_batch_rows // max(1, min(count, config.rows_per_prompt())) + 1)
+    needed = count * per_sample * prompts
+    if needed <= 2**30:  # always fine: no need to read the memory
+        return
+    if available is None:
+        available = available_bytes(torch.device("cpu"))
+    if available is None or needed * HEADROOM <= available:
+        return
+    fits = int(available // (per_sample * prompts * HEADROOM))
+    value = getattr(config, option_name)
+    raise SecateursError(f"{option_name}={value} samples per prompt x {prompts} prompt(s) at once, each keeping up "
+                         f"to {config.max_new_tokens} new tokens until its method decides, need "
+                         f"{_gib(min(needed, 2**900))} of host memory, but {_gib(available)} is available: "
+                         f"{option_name} at most {max(fits, 0)} would fit (or lower max_new_tokens)")
 
 
 def check_memory(policy: Policy, config: DecodingConfig, prompt_lengths: list[int],

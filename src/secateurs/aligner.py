@@ -11,28 +11,46 @@ index), never on what else shares the batch.
 from __future__ import annotations
 
 import asyncio
+import os
 import queue
 import threading
 from typing import Any
 
+from .admission import check_samples
 from .backends.base import check_capabilities
 from .backends.transformers import TransformersBackend
 from .config import build_config
+from .errors import SecateursError
 from .methods import get_method
+from .methods.base import integer
+from .models import load_policy
 from .policy import Policy
 from .prompts import Prompt, make_prompt
 from .results import AlignResult
-from .rewards import Reward
+from .rewards import Reward, load_reward
 from .runner import encode_prompt, result_of
 from .sampling import prompt_key
 from .scheduler import Request, Scheduler
 
 
 class Aligner:
-    def __init__(self, policy: Policy, reward: Reward, max_batch_rows: int = 64, backend=None):
-        self.policy, self.reward = policy, reward
+    """policy and reward: what align() takes (a loaded Policy or a policy spec, None for the default; a
+    Reward, a reward spec or a function fn(prompt_text, response) -> float). With `backend` (a ready
+    backend) and no policy, the backend's policy. Bad arguments fail here in one line, not at submit."""
+
+    def __init__(self, policy: Policy | str | None, reward: Reward | Any, max_batch_rows: int = 64, backend=None):
+        # Checked now: a scheduler with no rows would never admit anything, and submit would wait forever.
+        if not integer(max_batch_rows) or max_batch_rows < 1:
+            raise SecateursError(f"max_batch_rows must be an integer >= 1, got {max_batch_rows!r}")
+        if policy is None and backend is not None:
+            policy = backend.policy
+        if not (policy is None or isinstance(policy, (Policy, str, os.PathLike))):
+            raise SecateursError(f"policy must be a Policy, a model id or folder, or None (the default), "
+                                 f"got {type(policy).__name__}")
+        policy = load_policy(policy)
+        self.policy, self.reward = policy, load_reward(reward, device=policy.device)
         self.backend = backend or TransformersBackend(policy)
-        self.scheduler = Scheduler(self.backend, reward, max_batch_rows)
+        self.scheduler = Scheduler(self.backend, self.reward, max_batch_rows)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
         self._closed = False
@@ -44,6 +62,7 @@ class Aligner:
         """A validated request (bad options or a too-long prompt raise SecateursError here, before queueing)."""
         config = build_config(method, options)
         check_capabilities(self.backend, method, get_method(method).needs)  # e.g. ARGS on vllm: refused now
+        check_samples(config, 1)  # a huge n is refused here, before any sample exists
         p = prompt if isinstance(prompt, Prompt) else make_prompt(prompt, prompt_id or "0")
         return Request(p, encode_prompt(self.policy, p, config), method, config, seed, prompt_key(seed, p.id))
 
@@ -68,10 +87,13 @@ class Aligner:
             raise
 
     def cancel(self, request: Request) -> None:
-        self._post("cancel", request)
+        if not self._closed:  # a closed Aligner has already failed what it held
+            self._post("cancel", request)
 
     def _post(self, what: str, request: Request) -> None:
         with self._lock:
+            if self._closed:  # nothing would ever answer it
+                raise SecateursError("this Aligner is closed; make a new one to submit more prompts")
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="secateurs-scheduler", daemon=True)
                 self._thread.start()
@@ -102,10 +124,26 @@ class Aligner:
                     self.scheduler.cancel(request)
 
     def close(self) -> None:
-        self._closed = True
+        with self._lock:
+            self._closed = True
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=10)
+            if self._thread.is_alive():  # still inside a step: the scheduler is not ours to touch
+                return
+        # What was submitted and not answered fails now instead of waiting forever.
+        held = list(self.scheduler.active) + list(self.scheduler.waiting)
+        while not self._inbox.empty():
+            what, request = self._inbox.get()
+            if what == "add" and request not in held:
+                held.append(request)
+        for request in held:
+            if request.outcome is None and not request.cancelled:
+                request.error = SecateursError("the Aligner was closed before this prompt was answered")
+                if request in self.scheduler.active or request in self.scheduler.waiting:
+                    self.scheduler.cancel(request)  # frees its rows; calls on_done
+                elif request.on_done is not None:
+                    request.on_done(request)
 
 
 def _settle(future: asyncio.Future, request: Request, aligner: Aligner) -> None:

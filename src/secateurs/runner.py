@@ -10,18 +10,34 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from . import __version__
-from .admission import check_memory
+from .admission import check_memory, check_samples
 from .backends import backend_fingerprint
 from .backends.base import check_capabilities
 from .backends.transformers import TransformersBackend
 from .methods import get_method
 from .methods.base import DecodingConfig
+from .errors import RewardError
 from .policy import Policy
 from .prompts import Prompt
 from .results import AlignResult, open_results
 from .rewards import Reward
 from .sampling import prompt_key
 from .scheduler import Request, Scheduler, SchedulerStats
+
+
+class PromptsFailed(RewardError):
+    """The reward failed for some prompts; the others were answered. `results`: the answered prompts'
+    results in the prompts' order (already written to `out`, if given); `errors`: prompt id -> error."""
+
+    def __init__(self, results: list[AlignResult], errors: dict[str, BaseException], total: int):
+        self.results, self.errors = results, errors
+        ids = ", ".join(repr(i) for i in list(errors)[:5]) + (f" and {len(errors) - 5} more" if len(errors) > 5
+                                                              else "")
+        # The first failure leads (it names the reward and the prompt); then what became of the rest.
+        rest = (f"the reward failed for all {total} prompts" if not results else
+                f"the reward failed for {len(errors)} of {total} prompts ({ids}); the other {len(results)} were "
+                "answered")
+        super().__init__(f"{next(iter(errors.values()))}; {rest}")
 
 
 # Settings that decide how fast a run goes, not what it answers (answers depend only on the seed, prompt id
@@ -103,6 +119,9 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     All prompts go through one scheduler (rows freed by one prompt go to the next at once). With
     `out`, each result is appended to that JSONL file as its prompt finishes, and prompts whose
     results are already there (from an earlier, possibly killed, run) are not run again.
+    If the reward fails for some prompts (raises, or returns NaN / infinity / a non-number), only those
+    fail: the others are answered (and written), then PromptsFailed (a RewardError) names the failed
+    ids and carries the answered results; a rerun on the same `out` runs only the failed prompts.
     `stats`, if given, receives the scheduler's row-occupancy counts. `backend`: a ready backend
     (secateurs.backends.make_backend) to decode on instead of a transformers backend on `policy`
     (None: that backend's own policy). `shard`: the slice these prompts are (`run --shard`), written
@@ -120,6 +139,9 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     # A setting whose largest batch cannot fit fails now, not in the allocator (vLLM sizes its own cache).
     if encoded and (backend is None or backend.name == "transformers"):
         check_memory(policy, config, [len(ids) for ids in encoded.values()])
+    # Samples kept until their method decides (a huge n) must fit in host memory, whatever the backend.
+    if encoded:
+        check_samples(config, len(encoded))
     fingerprint = run_fingerprint(method, config, policy, reward, seed, backend)
     # Locks the output, refuses a foreign file, another configuration or changed prompts.
     accept = same_configuration(method, config, policy, reward, seed, backend)
@@ -129,8 +151,13 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
                disable=not progress, dynamic_ncols=True)
     scheduler = Scheduler(backend or TransformersBackend(policy), reward, config.max_batch_rows)
     requests = [Request(p, encoded[p.id], method, config, seed, prompt_key(seed, p.id)) for p in todo]
+    failed: dict[str, BaseException] = {}
     try:
         for request in scheduler.run(requests):
+            if request.error is not None:  # its reward failed: the others go on, it is reported at the end
+                failed[request.prompt.id] = request.error
+                bar.update(1)
+                continue
             result = result_of(request, policy, reward, fingerprint, shard)
             p = request.prompt
             if writer is not None:
@@ -147,4 +174,6 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
             writer.close()
     if stats is not None:
         stats.__dict__.update(scheduler.stats.__dict__)
+    if failed:
+        raise PromptsFailed([done[p.id] for p in prompts if p.id in done], failed, len(prompts))
     return [done[p.id] for p in prompts]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator
 
 from .backends.base import check_capabilities
-from .errors import SecateursError
+from .errors import RewardError, SecateursError
 from .meter import Cost, Meter
 from .methods import get_method
 from .prompts import Prompt
@@ -54,17 +54,42 @@ class Request:
     # filled in by the scheduler
     policy: Any = None
     live: list[Sequence] = field(default_factory=list)  # sequences not released
-    queue: deque = field(default_factory=deque)  # (sequences, gang) waiting for rows
+    queue: deque = field(default_factory=deque)  # (sequences, True) of a gang or (Pending, False), waiting for rows
     stopped: list[Sequence] = field(default_factory=list)  # stopped since the method last looked
     outcome: Any = None
     cost: Cost | None = None
     cancelled: bool = False
-    error: BaseException | None = None  # why it failed (async submissions)
+    error: BaseException | None = None  # why it failed (its reward, or async submission)
     backend_details: dict = field(default_factory=dict)  # what the backend reports for this request (vllm)
 
     @property
     def idle(self) -> bool:
         return not self.queue and not any(s.status == RUNNING for s in self.live)
+
+
+class Pending:
+    """Samples asked for that have no row yet. Their handles are made as they get rows, so asking for
+    a huge number of samples (Best-of-N's n) costs nothing up front and a cancel drops them at once;
+    `out` (what Context.sample returned) fills in index order as they start."""
+
+    def __init__(self, indices: Iterable[int], make: Callable[[int], Sequence], out: list[Sequence]):
+        self.indices = indices if isinstance(indices, range) and indices.step == 1 else list(indices)
+        self.make, self.out = make, out
+
+    @property
+    def count(self) -> int:
+        i = self.indices
+        return max(0, i.stop - i.start) if isinstance(i, range) else len(i)
+
+    def take(self, k: int) -> list[Sequence]:
+        seqs = [self.make(j) for j in self.indices[:k]]
+        self.indices = self.indices[k:]
+        self.out.extend(seqs)
+        return seqs
+
+
+def _count(queued) -> int:
+    return queued.count if isinstance(queued, Pending) else len(queued)
 
 
 @dataclass
@@ -98,15 +123,26 @@ class Context:
         `gang`: the samples need rows together (they are decided together, e.g. at a decision point).
         """
         base = self.key if key is None else key
-        seqs = [Sequence(self.request, j, child_key(base, j), params or self.config.sampling(),
-                         self.config.max_new_tokens, until=until, stop_rule=stop_rule, chooser=chooser,
-                         keep_finished=keep_finished) for j in indices]
-        if gang and len(seqs) > self._scheduler.max_batch_rows:
-            raise SecateursError(f"{self.request.method} needs {len(seqs)} rows decoding together but max_batch_rows "
-                                 f"is {self._scheduler.max_batch_rows}; raise --max-batch-rows")
+        params = params or self.config.sampling()
+
+        def make(j: int) -> Sequence:
+            seq = Sequence(self.request, j, child_key(base, j), params, self.config.max_new_tokens, until=until,
+                           stop_rule=stop_rule, chooser=chooser, keep_finished=keep_finished)
+            self.request.live.append(seq)
+            return seq
+
+        if not gang:  # made as they get rows (Pending): the returned list is complete once they all started
+            pending = Pending(indices, make, [])
+            if pending.count:
+                self.request.queue.append((pending, False))
+            return pending.out
+        indices = list(indices)  # a gang: checked before any handle is made
+        if len(indices) > self._scheduler.max_batch_rows:
+            raise SecateursError(f"{self.request.method} needs {len(indices)} rows decoding together but "
+                                 f"max_batch_rows is {self._scheduler.max_batch_rows}; raise --max-batch-rows")
+        seqs = [make(j) for j in indices]
         if seqs:
             self.request.queue.append((seqs, gang))
-            self.request.live.extend(seqs)
         return seqs
 
     def extend(self, seqs: Iterable[Sequence], until: int | None = None) -> None:
@@ -217,16 +253,17 @@ class Scheduler:
                     self.backend.release([s])  # its tokens stay on the handle
                 s.request.stopped.append(s)
             self._stream_tokens(running)
-        idle = [r for r in self.active if r.idle and r.stopped]
+        idle = [r for r in self.active if r.idle and r.stopped and r.error is None]
         if idle:
             self._score([s for r in idle for s in r.stopped])
             for r in idle:
+                if r.error is not None:  # its scores failed
+                    continue
                 stopped, r.stopped = r.stopped, []
                 r.live = [s for s in r.live if s.status != RELEASED]
-                r.policy.on_idle(stopped)
-                self._check_progress(r)
+                self._guard(r, r.policy.on_idle, stopped)
         for r in list(self.active):
-            if r.outcome is not None:
+            if r.outcome is not None or r.error is not None:
                 self._finish(r, done)
         self.meter.mark(self.active)
         return done
@@ -262,11 +299,19 @@ class Scheduler:
             method = get_method(request.method)
             request.policy = method.policy_class(request.config, Context(self, request))
             self.active.append(request)
-            request.policy.start()
-            self._check_progress(request)
+            self._guard(request, request.policy.start)
+
+    def _guard(self, request: Request, call, *args) -> None:
+        """A method's call; a reward failing inside it (e.g. CARDS' r(x)) fails this request only."""
+        try:
+            call(*args)
+        except RewardError as e:
+            request.error = e
+            return
+        self._check_progress(request)
 
     def _queued_rows(self) -> int:
-        return sum(len(seqs) for r in self.active for seqs, _ in r.queue)
+        return sum(_count(seqs) for r in self.active for seqs, _ in r.queue)
 
     def _place(self) -> None:
         """Queued sequences take free rows, oldest request first; a gang waits until all of it fits."""
@@ -280,39 +325,70 @@ class Scheduler:
         for r in self.active:
             while r.queue and free > 0:
                 seqs, gang = r.queue[0]
-                if gang and len(seqs) > free:
-                    return
-                take = seqs[:free]
-                self.backend.start(take)
-                free -= len(take)
-                if len(take) == len(seqs):
+                if gang:
+                    if len(seqs) > free:
+                        return
+                    take = seqs
                     r.queue.popleft()
                 else:
-                    r.queue[0] = (seqs[len(take):], gang)
+                    take = seqs.take(free)
+                    if not seqs.count:
+                        r.queue.popleft()
+                self.backend.start(take)
+                free -= len(take)
 
     def _score(self, seqs: list[Sequence]) -> None:
         """One RM call per kind (finished / partial) for all the stopped sequences of the step."""
         texts = [self.backend.decode(s.tokens) for s in seqs]
-        scores = metered_score_mixed(self.reward, self.meter, [s.request.prompt for s in seqs], texts,
-                                     [s.request for s in seqs], partial=[not s.finished for s in seqs])
+        partial = [not s.finished for s in seqs]
+        scores = self._isolated(seqs, lambda idx: metered_score_mixed(
+            self.reward, self.meter, [seqs[i].request.prompt for i in idx], [texts[i] for i in idx],
+            [seqs[i].request for i in idx], partial=[partial[i] for i in idx]))
         for s, text, score in zip(seqs, texts, scores):
             s.reward, s.scored_partial = score, not s.finished
             s.tags["text"] = text
 
     def _score_for_chooser(self, seqs: list[Sequence], texts: list[str]) -> list[float]:
-        return metered_score(self.reward, self.meter, [s.request.prompt for s in seqs], texts,
-                             [s.request for s in seqs], partial=True)
+        return self._isolated(seqs, lambda idx: metered_score(
+            self.reward, self.meter, [seqs[i].request.prompt for i in idx], [texts[i] for i in idx],
+            [seqs[i].request for i in idx], partial=True))
+
+    @staticmethod
+    def _isolated(seqs: list[Sequence], score: Callable[[list[int]], list[float]]) -> list[float]:
+        """`score(indices)` over all the sequences at once; if the reward fails, again request by request,
+        so that only the requests whose own scores fail fail (`error` set; their scores read 0.0 and
+        are never used) and no request's error names another's prompt or text. Scores do not depend
+        on what shares an RM call (rewards.base.length_buckets), so re-scoring changes no answer;
+        the failed call records nothing in the meter, so costs do not change either."""
+        try:
+            return score(list(range(len(seqs))))
+        except RewardError as e:
+            if len({id(s.request) for s in seqs}) == 1:  # one request: it is the culprit
+                seqs[0].request.error = e
+                return [0.0] * len(seqs)
+        scores = [0.0] * len(seqs)
+        by_request: dict[int, list[int]] = {}
+        for i, s in enumerate(seqs):
+            by_request.setdefault(id(s.request), []).append(i)
+        for idx in by_request.values():
+            try:
+                for i, value in zip(idx, score(idx)):
+                    scores[i] = value
+            except RewardError as e:
+                seqs[idx[0]].request.error = e
+        return scores
 
     def _release_all(self, request: Request) -> None:
         self.backend.release([s for s in request.live if s.status != RELEASED])
-        for seqs, _ in request.queue:
-            for s in seqs:
+        for seqs, gang in request.queue:
+            for s in seqs if gang else ():  # a Pending has made no handles: nothing to release
                 s.status = RELEASED
         request.queue.clear()
         request.live = []
         self.backend.release_prompt(request)
 
     def _finish(self, request: Request, done: list[Request]) -> None:
+        """Retire a request with its outcome, or failed (`error` set: its reward failed); rows freed."""
         self._release_all(request)
         self.active.remove(request)
         request.cost = self.meter.close(request)

@@ -23,7 +23,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException
 
 from ..aligner import Aligner
-from ..errors import SecateursError
+from ..errors import RewardError, SecateursError
 from ..prompts import make_prompt
 from ..results import AlignResult
 from ..scheduler import Request
@@ -138,6 +138,9 @@ class Front:
             return Response(status_code=CLIENT_GONE)
         try:
             result = task.result()
+        except RewardError as e:  # the server's reward failed on this request's own texts: not the client's fault
+            self.metrics.refused(job.method, 500)
+            return JSONResponse(_reward_failed(e).body(), 500)
         except SecateursError as e:
             self.metrics.refused(job.method, 400)
             return JSONResponse(ApiError(400, str(e)).body(), 400)
@@ -184,9 +187,11 @@ class Front:
             except asyncio.CancelledError:
                 return
             except Exception as e:  # noqa: BLE001 - reported in the stream, as OpenAI does
-                status, kind = (400, "invalid_request_error") if isinstance(e, SecateursError) else (500, "server_error")
+                status, kind = ((400, "invalid_request_error") if isinstance(e, SecateursError)
+                                and not isinstance(e, RewardError) else (500, "server_error"))
                 self.metrics.refused(job.method, status)
-                yield sse(ApiError(status, str(e), kind=kind).body())
+                error = _reward_failed(e) if isinstance(e, RewardError) else ApiError(status, str(e), kind=kind)
+                yield sse(error.body())
                 yield DONE
                 return
             delta = text.update(request.outcome.response_ids, final=True, text=result.response)
@@ -206,6 +211,12 @@ class Front:
     @staticmethod
     def _usage(request: Request, result: AlignResult, text: AnswerText) -> dict[str, int]:
         return usage(len(request.prompt_ids), text.stopped_at if text.stopped else result.response_tokens)
+
+
+def _reward_failed(e: RewardError) -> ApiError:
+    """A 500 for a request whose reward failed; the scheduler scored it apart from the requests it shared
+    a batch with, so the message names this request's prompt and text only."""
+    return ApiError(500, f"the reward failed for this request: {e}", kind="server_error")
 
 
 def _forward(loop: asyncio.AbstractEventLoop, events: asyncio.Queue):
