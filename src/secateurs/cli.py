@@ -65,8 +65,10 @@ def _fields(prompt_field, messages_field, id_field, split) -> dict:
 
 def ray_options(command):
     """--ray and its settings (run and bench)."""
-    command = click.option("--gpus-per-worker", type=float, default=None, help="--ray: GPUs per worker [0].")(command)
-    command = click.option("--workers", type=int, default=None, help="--ray: worker actors [2].")(command)
+    command = click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
+                           help="--ray: GPUs per worker [0].")(command)
+    command = click.option("--workers", type=click.IntRange(min=1), default=None,
+                           help="--ray: worker actors [2].")(command)
     command = click.option("--ray-address", default=None,
                            help="Ray cluster to join: auto or HOST:PORT [start a local Ray].")(command)
     return click.option("--ray", "use_ray", is_flag=True,
@@ -82,7 +84,8 @@ def _ray_settings(use_ray, ray_address, workers, gpus_per_worker) -> dict | None
     from .ray import _import_ray
 
     _import_ray()  # without Ray: one line saying what to install
-    return {"workers": workers or 2, "ray_address": ray_address, "gpus_per_worker": gpus_per_worker or 0}
+    return {"workers": 2 if workers is None else workers, "ray_address": ray_address,
+            "gpus_per_worker": 0 if gpus_per_worker is None else gpus_per_worker}
 
 
 def backend_option(command):
