@@ -192,7 +192,8 @@ def run(method, prompts_path, out, policy, reward, seed, device, backend, quiet,
         known = get_method(m).config_class.__dataclass_fields__
         # Without --method, each demo method takes its demo settings and the options that apply to it.
         configs[m] = build_config(m, given if method else
-                                  {**DEMO_METHODS[m], **{k: v for k, v in given.items() if k in known}})
+                                  {**DEMO_METHODS[m], **{k: v for k, v in given.items() if k in known}},
+                                  spelling="cli")
     if use_ray and not method:
         raise SecateursError("--ray needs --method")
     backend = _check_backend(backend, methods, use_ray)
@@ -341,7 +342,7 @@ def serve(method, policy, reward, seed, device, backend, host, port, max_queue, 
     from .aligner import Aligner
 
     given = _options(**options)
-    config = build_config(method, given)  # bad options fail before any model loads
+    config = build_config(method, given, spelling="cli")  # bad options fail before any model loads
     backend = _check_backend(backend, [method], use_ray=False)
     engine = make_backend(backend, policy, device=device) if backend != "transformers" else None
     loaded_policy = engine.policy if engine is not None else load_policy(policy, device=device)

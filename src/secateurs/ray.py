@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .errors import SecateursError
 from .methods import get_method
-from .methods.base import DecodingConfig, integer, real
+from .methods.base import DecodingConfig, check_seed, integer, real
 from .results import AlignResult, open_results
 
 INSTALL_HINT = "--ray needs Ray: pip install 'secateurs[ray]'"
@@ -303,6 +303,7 @@ class RayWorkers:
         if not self.actors:
             raise SecateursError("this RayWorkers pool is closed")
         config = _resolve_config(method, config)
+        seed = check_seed(seed)  # an int before any key or fingerprint is derived from it
         if shard_size is not None and (not isinstance(shard_size, int) or isinstance(shard_size, bool)
                                        or shard_size < 1):
             raise SecateursError(f"shard_size must be an integer >= 1, got {shard_size!r}")
@@ -432,6 +433,7 @@ def align_dataset(prompts: Any, method: str, config: DecodingConfig | dict | Non
     from .api import resolve_prompts
 
     _import_ray()  # without Ray: one line saying what to install, at once
+    seed = check_seed(seed)
     config = _resolve_config(method, config)  # bad options and prompts fail before Ray starts
     prompts = resolve_prompts(prompts)
     with RayWorkers(policy, reward, workers=workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
