@@ -222,3 +222,10 @@ main()
     assert proc.returncode == 130, (proc.stdout[-200:], proc.stderr[-500:])
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "interrupted: finished results are kept; run the same command again to resume"
+
+
+@pytest.mark.parametrize("method, option", [("speculative-rejection", "n"), ("cards", "proposals")])
+def test_python_callers_get_keywords_not_flags(method, option):
+    with pytest.raises(SecateursError) as err:
+        build_config(method, {option: 100, "max_batch_rows": 4})
+    assert "--" not in str(err.value) and f"lower {option} or raise max_batch_rows" in str(err.value)

@@ -152,10 +152,9 @@ def build_config(method: str, options: dict[str, Any], spelling: str = "python")
         values[key] = _plain_number(value)
     try:
         return config_class(**values)
-    except SecateursError as e:
-        if spelling != "cli":
-            raise
-        raise SecateursError(_as_flags(str(e), known)) from None
+    except SecateursError as e:  # the configs' messages mix keywords and flags: the caller's spelling only
+        message = _as_flags(str(e), known) if spelling == "cli" else _as_keywords(str(e), known)
+        raise SecateursError(message) from None
 
 
 def _plain_number(value: Any) -> Any:
@@ -166,6 +165,16 @@ def _plain_number(value: Any) -> Any:
     if real(value) and not isinstance(value, (int, float)) or type(value) not in (float, bool) and isinstance(value, float):
         return float(value)
     return value
+
+
+def _as_keywords(message: str, names: set[str]) -> str:
+    """A config's message with the flags of its options written as keywords (`--max-batch-rows` ->
+    `max_batch_rows`)."""
+    def keyword(m: re.Match) -> str:
+        name = m.group(1).replace("-", "_")
+        return name if name in names else m.group(0)
+
+    return re.sub(r"(?<![\w-])--([a-z][a-z0-9-]*)", keyword, message)
 
 
 def _as_flags(message: str, names: set[str]) -> str:
