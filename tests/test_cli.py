@@ -107,8 +107,8 @@ def test_over_long_prompt_is_named(tiny_policy_folder, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--n", "0"], "n must be an integer >= 1, got 0"),
-    (["--max-new-tokens", "0"], "max_new_tokens must be an integer >= 1"),
-    (["--top-p", "2"], "top_p must be in (0, 1], got 2.0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1"),
+    (["--top-p", "2"], "--top-p must be in (0, 1], got 2.0"),
     (["--policy", "/no/such/model"], "/no/such/model"),
     (["--reward", "no-such-reward"], "unknown reward 'no-such-reward'"),
 ])
