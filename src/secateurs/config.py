@@ -162,7 +162,7 @@ def _plain_number(value: Any) -> Any:
         return tuple(_plain_number(v) for v in value)
     if integer(value) and type(value) is not int:
         return int(value)
-    if real(value) and not isinstance(value, (int, float)) or type(value) not in (float, bool) and isinstance(value, float):
+    if real(value) and type(value) not in (int, float):  # np.float64, np.float32
         return float(value)
     return value
 
