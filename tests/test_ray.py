@@ -196,3 +196,12 @@ def test_python_names_in_pool_size_errors(ray_local):
         RayWorkers(None, None, workers=0)
     with pytest.raises(SecateursError, match=r"^gpus_per_worker must be a number >= 0, got nan$"):
         RayWorkers(None, None, gpus_per_worker=float("nan"))
+
+
+@pytest.mark.parametrize("seed", [1.0, "1", None])
+def test_a_seed_that_is_not_an_integer_is_refused_before_ray_starts(seed):
+    pytest.importorskip("ray")
+    from secateurs.ray import align_dataset
+
+    with pytest.raises(SecateursError, match=r"^seed must be an integer, got "):
+        align_dataset(["hi"], "sampling", None, seed=seed)
