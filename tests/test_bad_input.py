@@ -227,3 +227,45 @@ def test_sampling_params_must_be_finite(kwargs, message):
         SamplingParams(**kwargs)
     with pytest.raises(SecateursError, match=message):  # as every method's options are checked
         get_method("best-of-n").config_class.from_options(kwargs)
+
+
+# --- issue 20: align()'s arguments, numpy numbers, seeds -----------------------------------------------
+
+@pytest.mark.parametrize("argument, shown", [("policy", "policy must be None, a model id"),
+                                              ("out", "out must be None or a JSONL file path"),
+                                              ("backend", "backend must be None, 'transformers', 'vllm'")])
+def test_align_arguments_of_the_wrong_kind_are_one_line(argument, shown):
+    with pytest.raises(SecateursError, match=f"^{shown}.*; got int 42$"):
+        secateurs.align("hi", reward="sentiment", method="sampling", **{argument: 42})
+
+
+def test_numpy_integers_are_integers(tiny_policy):
+    np = pytest.importorskip("numpy")
+    plain = secateurs.align("how do i make tea", policy=tiny_policy, reward="sentiment", method="best-of-n",
+                            max_new_tokens=4, n=2, temperature=0.5, seed=3)
+    numpy = secateurs.align("how do i make tea", policy=tiny_policy, reward="sentiment", method="best-of-n",
+                            max_new_tokens=np.int64(4), n=np.int32(2), temperature=np.float32(0.5), seed=np.int64(3))
+    assert numpy[0].response == plain[0].response and numpy[0].config == plain[0].config
+    assert type(numpy[0].config["max_new_tokens"]) is int and type(numpy[0].seed) is int
+    with pytest.raises(SecateursError, match=r"^max_new_tokens must be an integer >= 1, got 0$"):
+        secateurs.align("hi", policy=tiny_policy, method="sampling", max_new_tokens=np.int64(0))
+
+
+@pytest.mark.parametrize("seed", ["abc", None, 1.5, 1.0, True, "1"])
+def test_seeds_that_are_not_integers_are_refused(seed):
+    with pytest.raises(SecateursError, match=r"^seed must be an integer, got "):
+        secateurs.align("hi", reward="sentiment", method="sampling", seed=seed)
+
+
+def test_speculative_rejection_no_decision_advice_changes_the_outcome(tiny_policy, caplog):
+    # n given, no budget: the budget is n x (P + first_decision_tokens), so raising n changes nothing
+    def run(**options):
+        return secateurs.align("how do i make tea", policy=tiny_policy, reward="sentiment",
+                               method="speculative-rejection", max_new_tokens=10, **options)[0]
+
+    with caplog.at_level("WARNING"):
+        assert run(n=4).details["rounds"] == 0
+    [warning] = [r.getMessage() for r in caplog.records if "no decision point" in r.getMessage()]
+    assert "raise n" not in warning and "first_decision_tokens (--first-decision-tokens) below max_new_tokens, e.g. 5" in warning
+    assert run(n=8).details["rounds"] == 0  # the old advice: no decision still
+    assert run(n=4, first_decision_tokens=5).details["rounds"] > 0  # the new one: a decision

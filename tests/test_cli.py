@@ -107,8 +107,8 @@ def test_over_long_prompt_is_named(tiny_policy_folder, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--n", "0"], "n must be an integer >= 1, got 0"),
-    (["--max-new-tokens", "0"], "max_new_tokens must be an integer >= 1"),
-    (["--top-p", "2"], "top_p must be in (0, 1], got 2.0"),
+    (["--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1"),
+    (["--top-p", "2"], "--top-p must be in (0, 1], got 2.0"),
     (["--policy", "/no/such/model"], "/no/such/model"),
     (["--reward", "no-such-reward"], "unknown reward 'no-such-reward'"),
 ])
@@ -154,11 +154,11 @@ def test_every_method_runs_and_resumes_from_the_cli(tiny_policy_folder, tmp_path
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--method", "speculative-rejection", "--alpha", "1.5"], "alpha must be in [0, 1), got 1.5"),
+    (["--method", "speculative-rejection", "--alpha", "1.5"], "--alpha must be in [0, 1), got 1.5"),
     (["--method", "speculative-rejection", "--decision-tokens", "8,x"], "--decision-tokens must be comma-separated"),
-    (["--method", "cards", "--entropy-threshold", "0"], "entropy_threshold must be > 0"),
-    (["--method", "cards", "--acceptance", "lenient"], "acceptance must be 'soft' or 'hard'"),
-    (["--method", "cards", "--r-star", "lots"], "r_star must be a finite number or 'auto', got 'lots'"),
+    (["--method", "cards", "--entropy-threshold", "0"], "--entropy-threshold must be > 0"),
+    (["--method", "cards", "--acceptance", "lenient"], "--acceptance must be 'soft' or 'hard'"),
+    (["--method", "cards", "--r-star", "lots"], "--r-star must be a finite number or 'auto', got 'lots'"),
     (["--method", "sampling", "--alpha", "0.5"], "--alpha does not apply to method 'sampling'"),
 ])
 def test_bad_method_options_are_named(tiny_policy_folder, tmp_path, args, message):
@@ -203,3 +203,33 @@ def test_prompts_from_a_parquet_file_with_a_field_template(tiny_policy_folder, t
     assert got == {"a": "make tea\n\ngreen", "b": "say thank you"}
     missing = invoke(*args[:-2], "--out", tmp_path / "o2.jsonl", "--id-field", "nope")
     assert missing.exit_code != 0 and "uid" in str(missing.exception)  # names the fields that exist
+
+
+# --- issue 20: each flag's help reads as one sentence, and messages use the caller's names ---------------
+
+def test_each_method_flag_help_is_one_sentence_then_its_defaults():
+    from secateurs.config import option_specs
+
+    specs = option_specs()
+    assert specs["temperature"].describe() == ("Sampling temperature (0: greedy). [args, best-of-n, sampling, "
+                                               "speculative-rejection: 1.0; cards, rejection-sampling: beta]")
+    assert specs["proposals"].describe() == ("CARDS / rejection sampling: candidates proposed per prompt at once, "
+                                             "checked in order. [cards: 1; rejection-sampling: 4]")
+    top_k = specs["top_k"].describe()
+    assert "vocabulary" in top_k and top_k.count("sample from") + top_k.count("Sample from") == 1
+    for spec in specs.values():  # no method's note repeats the general sentence
+        text = spec.describe().lower()
+        assert text.count(spec.help.split("; ")[0].lower()) == 1, text
+    assert "Sampling temperature (0: greedy). [args" in " ".join(invoke("run", "--help").output.split())
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1, got 0"),
+    (["--max-batch-rows", "0"], "--max-batch-rows must be an integer >= 1, got 0"),
+    (["--n", "4", "--max-batch-rows", "2"], "--n 4 candidates decode together"),
+])
+def test_cli_errors_name_the_flags(tiny_policy_folder, tmp_path, args, message):
+    result = invoke("run", "--policy", tiny_policy_folder, "--quiet", "--method", "speculative-rejection",
+                    "--out", tmp_path / "o.jsonl", *args)
+    assert result.exit_code != 0 and str(result.exception).startswith(message), result.exception
+    assert "max_batch_rows" not in str(result.exception) and "max_new_tokens" not in str(result.exception)

@@ -121,7 +121,7 @@ def test_check_fits_names_the_part_that_does_not_fit(tiny_policy):
     ({"methods": [{5: {"n": 1}}]}, "bad methods entry {5: {'n': 1}}"),
     ({"methods": [{"speculative-rejection": {"decision_tokens": 5}}]},
      "decision_tokens must be increasing integers >= 1, got 5"),
-    ({"methods": [{"best-of-n": {"n": ["abc"]}}]}, "best-of-n n=abc: --n must be an integer, got 'abc'"),
+    ({"methods": [{"best-of-n": {"n": ["abc"]}}]}, "best-of-n n=abc: n must be an integer, got 'abc'"),
     ({"methods": [{"speculative-rejection": {"alpha": math.nan}}]}, "alpha must be in [0, 1), got nan"),
     ({5: "x"}, "--config: unknown keys ['5']"),
 ])
@@ -136,12 +136,12 @@ def test_bench_yaml_of_the_wrong_type_is_one_line(setting, message, tmp_path, mo
 
 
 @pytest.mark.parametrize("grid, message", [
-    ("best-of-n:n=abc", "best-of-n n=abc: --n must be an integer, got 'abc'"),
-    ("best-of-n:n=1,,2", "--n must be an integer, got ''"),
+    ("best-of-n:n=abc", "best-of-n n=abc: n must be an integer, got 'abc'"),
+    ("best-of-n:n=1,,2", "n must be an integer, got ''"),
     ("best-of-n:n=1.5", "n must be an integer >= 1, got 1.5"),
     ("best-of-n:n=inf", "n must be an integer >= 1, got inf"),
     ("speculative-rejection:alpha=nan", "alpha must be in [0, 1), got nan"),
-    ("speculative-rejection:decision-tokens=8,16/x", "--decision-tokens must be"),
+    ("speculative-rejection:decision-tokens=8,16/x", "decision_tokens must be"),
     ("cards:entropy-threshold=inf", "entropy_threshold must be > 0 and finite, got inf"),
     ("cards:r-star=inf", "r_star must be a finite number or 'auto', got inf"),
     ("args:weight=-inf", "weight must be a finite number, got -inf"),
@@ -222,3 +222,10 @@ main()
     assert proc.returncode == 130, (proc.stdout[-200:], proc.stderr[-500:])
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip() == "interrupted: finished results are kept; run the same command again to resume"
+
+
+@pytest.mark.parametrize("method, option", [("speculative-rejection", "n"), ("cards", "proposals")])
+def test_python_callers_get_keywords_not_flags(method, option):
+    with pytest.raises(SecateursError) as err:
+        build_config(method, {option: 100, "max_batch_rows": 4})
+    assert "--" not in str(err.value) and f"lower {option} or raise max_batch_rows" in str(err.value)

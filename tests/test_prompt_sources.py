@@ -215,3 +215,41 @@ def test_align_answers_a_dataset(tiny_policy):
     assert [r.id for r in results] == ["s", "t", "g"]
     assert results[1].prompt == "Translate to French.\n\ngood night"
     assert all(r.cost.lm_tokens > 0 for r in results)
+
+
+# --- issue 20: ambiguous lines, broken CSV, paths that are not files -------------------------------------
+
+def test_a_line_with_both_prompt_and_messages_is_refused_naming_file_and_line(tmp_path, monkeypatch, capsys):
+    from cli_main import run_main
+
+    path = tmp_path / "both.jsonl"
+    path.write_text(json.dumps({"prompt": "a"}) + "\n"
+                    + json.dumps({"prompt": "b", "messages": [user("c")]}) + "\n")
+    with pytest.raises(SecateursError, match="both 'prompt' and 'messages'") as err:
+        load_prompts(path)
+    assert f"{path} line 2" in str(err.value) and "\n" not in str(err.value)
+    code, stderr = run_main(monkeypatch, capsys, "run", "--method", "sampling", "--prompts", path, "--quiet",
+                            "--out", tmp_path / "out.jsonl")
+    assert code == 2 and f"{path} line 2: has both" in stderr and len(stderr.strip().splitlines()) == 1
+    # naming the field settles it
+    assert texts(load_prompts(path, prompt_field="prompt")) == ["a", "b"]
+    with pytest.raises(SecateursError, match="both 'prompt' and 'messages'"):
+        resolve_prompts({"prompt": "b", "messages": [user("c")]})
+
+
+def test_a_csv_with_an_unterminated_quote_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text('prompt,id\nhello,0\n"unterminated,1\nworld,2\n')
+    with pytest.raises(SecateursError, match="unterminated quote in the row starting at line 3") as err:
+        load_prompts(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_path_that_is_not_a_regular_file_is_named_as_such(monkeypatch, capsys):
+    from cli_main import run_main
+
+    with pytest.raises(SecateursError, match="'/dev/null' is not a regular file") as err:
+        load_prompts("/dev/null")
+    assert "not found" not in str(err.value)
+    code, stderr = run_main(monkeypatch, capsys, "run", "--method", "sampling", "--prompts", "/dev/null", "--quiet")
+    assert code == 2 and "is not a regular file" in stderr and len(stderr.strip().splitlines()) == 1

@@ -162,3 +162,46 @@ def test_without_ray_one_line_says_what_to_install():
             "except SecateursError as e:\n    print(e)\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.strip() == "--ray needs Ray: pip install 'secateurs[ray]'", done.stderr[-2000:]
+
+
+def run_cli(*args, timeout=120):
+    import os
+
+    env = {**os.environ, "RAY_ADDRESS": ""}
+    return subprocess.run([sys.executable, "-m", "secateurs.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+def test_an_unreachable_ray_address_fails_at_once_in_one_line(tmp_path):
+    pytest.importorskip("ray")
+    # Ray itself retries such an address for minutes; the subprocess timeout is the test's bound.
+    done = run_cli("run", "--method", "sampling", "--ray", "--ray-address", "127.0.0.1:1", "--quiet",
+                   "--out", str(tmp_path / "out.jsonl"), timeout=60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip() == "error: cannot reach Ray at 127.0.0.1:1: Connection refused"
+
+
+@pytest.mark.parametrize("flag, value", [("--workers", "0"), ("--workers", "-1"), ("--gpus-per-worker", "-1")])
+def test_ray_pool_sizes_out_of_range_are_refused(flag, value, monkeypatch, capsys):
+    from cli_main import run_main
+
+    code, stderr = run_main(monkeypatch, capsys, "run", "--method", "sampling", "--ray", flag, value, "--quiet")
+    assert code == 2 and flag in stderr and value in stderr, stderr
+
+
+def test_python_names_in_pool_size_errors(ray_local):
+    from secateurs.ray import RayWorkers
+
+    with pytest.raises(SecateursError, match=r"^workers must be an integer >= 1, got 0$"):
+        RayWorkers(None, None, workers=0)
+    with pytest.raises(SecateursError, match=r"^gpus_per_worker must be a number >= 0, got nan$"):
+        RayWorkers(None, None, gpus_per_worker=float("nan"))
+
+
+@pytest.mark.parametrize("seed", [1.0, "1", None])
+def test_a_seed_that_is_not_an_integer_is_refused_before_ray_starts(seed):
+    pytest.importorskip("ray")
+    from secateurs.ray import align_dataset
+
+    with pytest.raises(SecateursError, match=r"^seed must be an integer, got "):
+        align_dataset(["hi"], "sampling", None, seed=seed)

@@ -108,7 +108,7 @@ def test_bad_options_fail_at_submission(tiny_policy, reward):
     aligner = Aligner(tiny_policy, reward)
     with pytest.raises(SecateursError, match="alpha must be in"):
         aligner.request("hi there", method="speculative-rejection", alpha=2.0)
-    with pytest.raises(SecateursError, match="--entropy-threshold does not apply to method 'best-of-n'"):
+    with pytest.raises(SecateursError, match="^entropy_threshold does not apply to method 'best-of-n'"):
         aligner.request("hi there", method="best-of-n", entropy_threshold=2.0)
 
 

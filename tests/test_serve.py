@@ -334,11 +334,15 @@ def test_full_queue_answers_429_with_retry_after(server):
     ({"method": "cards", "temperature": -1.5}, ["--method", "cards", "--temperature", "-1.5"]),
 ])
 def test_bad_options_get_400_with_the_cli_message(server, ext, cli_args, monkeypatch, capsys):
+    from secateurs.config import _as_flags, option_specs
+
     with pytest.raises(openai.BadRequestError) as e:
         chat(server, secateurs=ext)
     assert e.value.status_code == 400
+    message = e.value.response.json()['error']['message']
+    assert "--" not in message  # the body's field names, not the command line's flags
     code, err = run_main(monkeypatch, capsys, "run", "--quiet", *cli_args)
-    assert code == 2 and err == f"error: {e.value.response.json()['error']['message']}\n"
+    assert code == 2 and err == f"error: {_as_flags(message, set(option_specs()))}\n"  # the same line, as flags
 
 
 def test_bad_input_gets_one_line_errors_and_the_server_keeps_serving(server):

@@ -10,6 +10,7 @@ from typing import Any
 from .backends import check_backend, check_method, make_backend
 from .errors import SecateursError
 from .config import build_config
+from .methods.base import check_seed
 from .models import load_policy
 from .policy import Policy
 from .prompts import (Prompt, is_hf_dataset, load_prompts, looks_like_prompt_source, make_prompts,
@@ -53,6 +54,19 @@ def resolve_prompts(prompts: Any, *, prompt_field: str | None = None, messages_f
     return make_prompts(prompts)
 
 
+def _check_arguments(policy: Any, out: Any, backend: Any) -> None:
+    """align()'s arguments of the wrong kind, in one line naming the argument and what it takes
+    (rather than a TypeError deep in a loader)."""
+    if policy is not None and not isinstance(policy, (str, os.PathLike, Policy)):
+        raise SecateursError(f"policy must be None, a model id or folder, a .gguf path or a loaded Policy; "
+                             f"got {type(policy).__name__} {policy!r:.60}")
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise SecateursError(f"out must be None or a JSONL file path; got {type(out).__name__} {out!r:.60}")
+    if backend is not None and not isinstance(backend, str) and not hasattr(backend, "policy"):
+        raise SecateursError(f"backend must be None, 'transformers', 'vllm' or a backend from "
+                             f"secateurs.backends.make_backend; got {type(backend).__name__} {backend!r:.60}")
+
+
 def align(prompts: Any, policy: str | Policy | None = None, reward: str | Reward | Any = None,
           method: str = "best-of-n", seed: int = 0, out: str | Path | None = None, progress: bool = False,
           device: str | None = None, *, backend: Any = None, prompt_field: str | None = None,
@@ -73,6 +87,8 @@ def align(prompts: Any, policy: str | Policy | None = None, reward: str | Reward
     options: the method's config fields, e.g. n=16, max_new_tokens=128, temperature=1.0.
     """
     config = build_config(method, options)  # bad options fail before any model loads
+    seed = check_seed(seed)  # keys are derived from the int: seed=1.0 or "1" must not draw other answers
+    _check_arguments(policy, out, backend)
     engine = None if backend is None or isinstance(backend, str) else backend
     if engine is None:
         check_method(backend, method)  # vLLM missing, or a method it cannot serve: one line, nothing loaded

@@ -69,8 +69,10 @@ def _fields(prompt_field, messages_field, id_field, split) -> dict:
 
 def ray_options(command):
     """--ray and its settings (run and bench)."""
-    command = click.option("--gpus-per-worker", type=float, default=None, help="--ray: GPUs per worker [0].")(command)
-    command = click.option("--workers", type=int, default=None, help="--ray: worker actors [2].")(command)
+    command = click.option("--gpus-per-worker", type=click.FloatRange(min=0), default=None,
+                           help="--ray: GPUs per worker [0].")(command)
+    command = click.option("--workers", type=click.IntRange(min=1), default=None,
+                           help="--ray: worker actors [2].")(command)
     command = click.option("--ray-address", default=None,
                            help="Ray cluster to join: auto or HOST:PORT [start a local Ray].")(command)
     return click.option("--ray", "use_ray", is_flag=True,
@@ -86,7 +88,8 @@ def _ray_settings(use_ray, ray_address, workers, gpus_per_worker) -> dict | None
     from .ray import _import_ray
 
     _import_ray()  # without Ray: one line saying what to install
-    return {"workers": workers or 2, "ray_address": ray_address, "gpus_per_worker": gpus_per_worker or 0}
+    return {"workers": 2 if workers is None else workers, "ray_address": ray_address,
+            "gpus_per_worker": 0 if gpus_per_worker is None else gpus_per_worker}
 
 
 def backend_option(command):
@@ -190,7 +193,8 @@ def run(method, prompts_path, out, policy, reward, seed, device, backend, quiet,
         known = get_method(m).config_class.__dataclass_fields__
         # Without --method, each demo method takes its demo settings and the options that apply to it.
         configs[m] = build_config(m, given if method else
-                                  {**DEMO_METHODS[m], **{k: v for k, v in given.items() if k in known}})
+                                  {**DEMO_METHODS[m], **{k: v for k, v in given.items() if k in known}},
+                                  spelling="cli")
     if use_ray and not method:
         raise SecateursError("--ray needs --method")
     backend = _check_backend(backend, methods, use_ray)
@@ -356,7 +360,7 @@ def serve(method, policy, reward, seed, device, backend, host, port, max_queue, 
     from .aligner import Aligner
 
     given = _options(**options)
-    config = build_config(method, given)  # bad options fail before any model loads
+    config = build_config(method, given, spelling="cli")  # bad options fail before any model loads
     backend = _check_backend(backend, [method], use_ray=False)
     engine = make_backend(backend, policy, device=device) if backend != "transformers" else None
     loaded_policy = engine.policy if engine is not None else load_policy(policy, device=device)

@@ -96,6 +96,9 @@ def make_prompt(value: Any, default_id: str, where: str | None = None) -> Prompt
         if not isinstance(pid, (str, int)) or isinstance(pid, bool):
             raise SecateursError(f"{where}: 'id' must be a string or integer, got {pid!r}")
         pid = str(pid)
+        if "messages" in value and "prompt" in value:  # which one is the prompt? guessing would answer another
+            raise SecateursError(f"{where}: has both 'prompt' and 'messages'; keep one, or name the one to use "
+                                 f"with --prompt-field / --messages-field (prompt_field= / messages_field=)")
         if "messages" in value:
             return Prompt(pid, _validate_messages(value["messages"], where))
         if "prompt" in value:
@@ -444,8 +447,30 @@ def _load_local(path: Path, split: str | None) -> Any:
             table = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache,
                                           keep_in_memory=True, **options)
         except Exception as e:
-            raise SecateursError(f"cannot read prompt file {str(path)!r} as {builder}: {_first_line(e)}") from None
+            where = _csv_problem(path, options.get("delimiter", ",")) if builder == "csv" else None
+            raise SecateursError(f"cannot read prompt file {str(path)!r} as {builder}: "
+                                 f"{where or _first_line(e)}") from None
         return table.to_list(), table.column_names
+
+
+def _csv_problem(path: Path, delimiter: str) -> str | None:
+    """Where a CSV/TSV file is malformed (the `datasets` library's error does not say), e.g. the line
+    at which an unterminated quote starts; None if the csv module reads it."""
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.reader(f, delimiter=delimiter, strict=True)
+            start = 1
+            for _ in reader:
+                start = reader.line_num + 1
+    except UnicodeDecodeError:
+        return None
+    except csv.Error as e:
+        if "end of data" in str(e):
+            return f"unterminated quote in the row starting at line {start}"
+        return f"line {reader.line_num}: {e}"
+    return None
 
 
 def _load_hub(name: str, split: str | None) -> tuple[list, list]:
@@ -522,7 +547,8 @@ def load_prompts(source: Any, prompt_field: str | None = None, messages_field: s
         turn), `instruction` (with `input`: the template "{instruction}\\n\\n{input}"), `question`,
         `conversations` and `chosen` (as messages_field: trailing assistant turns dropped; `chosen`
         is HH-RLHF's transcript). For a table this is chosen once from its columns; in a JSON/JSONL
-        file for each entry, and an entry with `messages` and `prompt` uses `messages` (as it always did).
+        file for each entry, and an entry with both `prompt` and `messages` is refused (name the one
+        to use with prompt_field / messages_field).
     """
     if is_hf_dataset(source):
         return prompts_from_dataset(source, prompt_field=prompt_field, messages_field=messages_field,
@@ -543,6 +569,8 @@ def load_prompts(source: Any, prompt_field: str | None = None, messages_field: s
     if path.is_dir():
         rows, columns = _load_local(path, split)
         return prompts_from_rows(rows, str(path), columns=columns, **fields)
+    if path.exists() and not path.is_file():  # /dev/null, a pipe, a device: say what it is, not "not found"
+        raise SecateursError(f"prompt source {str(path)!r} is not a regular file or a folder")
     if not path.is_file():
         if text is not None and suffix not in PROMPT_FILE_SUFFIXES and _HUB_NAME.fullmatch(text.strip()):
             rows, columns = _load_hub(text.strip(), split)

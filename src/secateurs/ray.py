@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from .errors import SecateursError
 from .methods import get_method
-from .methods.base import DecodingConfig
+from .methods.base import DecodingConfig, check_seed, integer, real
 from .results import AlignResult, open_results
 
 INSTALL_HINT = "--ray needs Ray: pip install 'secateurs[ray]'"
@@ -66,6 +66,8 @@ def _init_ray(ray, address: str | None) -> None:
     machine's cores; nothing if Ray is already initialised in this process."""
     if ray.is_initialized():
         return
+    if address and address != "auto":
+        _check_reachable(address)
     try:
         if address:
             ray.init(address=address, logging_level=logging.WARNING)
@@ -76,6 +78,19 @@ def _init_ray(ray, address: str | None) -> None:
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
         where = address or os.environ.get("RAY_ADDRESS") or "a local Ray"
         raise SecateursError(f"cannot start or reach Ray at {where}: {_first_line(e)}") from None
+
+
+def _check_reachable(address: str) -> None:
+    """Fail at once, in one line, when nothing listens at HOST:PORT: ray.init would retry for minutes."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise SecateursError(f"Ray address {address!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as e:
+        raise SecateursError(f"cannot reach Ray at {address}: {e.strerror or e}") from None
 
 
 def _check_spec(kind: str, spec: Any) -> str | None:
@@ -185,10 +200,10 @@ class RayWorkers:
                  start_timeout_s: float = 900):
         self.policy = _check_spec("policy", policy)
         self.reward = _check_spec("reward", reward)
-        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
-            raise SecateursError(f"--workers must be an integer >= 1, got {workers!r}")
-        if not isinstance(gpus_per_worker, (int, float)) or isinstance(gpus_per_worker, bool) or gpus_per_worker < 0:
-            raise SecateursError(f"--gpus-per-worker must be a number >= 0, got {gpus_per_worker!r}")
+        if not integer(workers) or workers < 1:
+            raise SecateursError(f"workers must be an integer >= 1, got {workers!r}")
+        if not real(gpus_per_worker) or gpus_per_worker < 0:
+            raise SecateursError(f"gpus_per_worker must be a number >= 0, got {gpus_per_worker!r}")
         if cpus_per_worker is not None and (not isinstance(cpus_per_worker, (int, float)) or cpus_per_worker <= 0):
             raise SecateursError(f"cpus_per_worker must be a number > 0, got {cpus_per_worker!r}")
         self.device = device
@@ -288,6 +303,7 @@ class RayWorkers:
         if not self.actors:
             raise SecateursError("this RayWorkers pool is closed")
         config = _resolve_config(method, config)
+        seed = check_seed(seed)  # an int before any key or fingerprint is derived from it
         if shard_size is not None and (not isinstance(shard_size, int) or isinstance(shard_size, bool)
                                        or shard_size < 1):
             raise SecateursError(f"shard_size must be an integer >= 1, got {shard_size!r}")
@@ -417,6 +433,7 @@ def align_dataset(prompts: Any, method: str, config: DecodingConfig | dict | Non
     from .api import resolve_prompts
 
     _import_ray()  # without Ray: one line saying what to install, at once
+    seed = check_seed(seed)
     config = _resolve_config(method, config)  # bad options and prompts fail before Ray starts
     prompts = resolve_prompts(prompts)
     with RayWorkers(policy, reward, workers=workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker,

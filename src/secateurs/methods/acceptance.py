@@ -65,9 +65,8 @@ class TargetedConfig(DecodingConfig, RewardTarget):
     """Settings of the methods that accept against r_star (CARDS, rejection sampling): they sample at
     temperature beta with top-k 40, as the CARDS paper does."""
 
-    temperature: float | None = option(None, "sampling temperature (0: greedy); CARDS / rejection sampling: "
-                                             "default beta")
-    top_k: int = option(40, "sample from the k most likely tokens (0: off)")
+    temperature: float | None = option(None, "", shown="beta")  # "": the general help (DecodingConfig's)
+    top_k: int = option(40, "")
 
     def validate(self) -> None:
         self.validate_target()  # first: the sampling check in super() uses beta

@@ -10,6 +10,7 @@ stopped since (each scored by the RM: `seq.reward`, as a partial response if unf
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -19,19 +20,34 @@ from ..sampling import SamplingParams
 from ..sequence import Sequence
 
 
+def _boolean(x: Any) -> bool:
+    return isinstance(x, bool) or type(x).__name__ == "bool_"  # numpy's bool is no number either
+
+
 def real(x: Any) -> bool:
-    """A finite number (not a bool, a string, NaN or infinity): what a numeric option must be."""
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    """A finite real number, numpy's included (not a bool, a string, NaN or infinity): what a numeric
+    option must be."""
+    return isinstance(x, numbers.Real) and not _boolean(x) and math.isfinite(x)
 
 
 def integer(x: Any) -> bool:
-    """An int that is not a bool."""
-    return isinstance(x, int) and not isinstance(x, bool)
+    """An integer, numpy's included (np.int64 from an array), that is not a bool."""
+    return isinstance(x, numbers.Integral) and not _boolean(x)
 
 
-def option(default: Any, help: str) -> Any:
-    """A config field with its help text (shown by `secateurs run --help`)."""
-    return field(default=default, metadata={"help": help})
+def check_seed(seed: Any) -> int:
+    """The seed as a plain int (numpy integers too), or one line refusing it: a str, float, bool or
+    None would key different draws than the int it looks like (seed=1.0 is not seed=1)."""
+    if not integer(seed):
+        raise SecateursError(f"seed must be an integer, got {seed!r} ({type(seed).__name__})")
+    return int(seed)
+
+
+def option(default: Any, help: str, shown: str | None = None) -> Any:
+    """A config field with its help text (shown by `secateurs run --help`). A method that redefines a
+    field gives "" (the general help) or a note of its own after "; " (e.g. "; ARGS: ...").
+    shown: how `--help` writes the default, when it is not the value itself (None shows as 'auto')."""
+    return field(default=default, metadata={"help": help, "shown": shown})
 
 
 @dataclass
@@ -40,7 +56,7 @@ class DecodingConfig:
 
     max_new_tokens: int = option(128, "response length limit (CARDS' default)")
     temperature: float = option(1.0, "sampling temperature (0: greedy)")
-    top_k: int = option(50, "sample from the k most likely tokens (0: off)")
+    top_k: int = option(50, "sample from the k most likely tokens (0, or k at least the vocabulary size: all tokens)")
     top_p: float = option(1.0, "nucleus sampling: smallest token set with this much probability")
     max_batch_rows: int = option(64, "sequences decoded together: larger is faster on a GPU and needs more memory")
 
@@ -50,7 +66,7 @@ class DecodingConfig:
     def validate(self) -> None:
         for name in ("max_new_tokens", "max_batch_rows"):
             value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            if not integer(value) or value < 1:
                 raise SecateursError(f"{name} must be an integer >= 1, got {value!r}")
         self.sampling()  # validates temperature, top_k, top_p
 

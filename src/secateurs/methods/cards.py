@@ -57,7 +57,7 @@ class CardsConfig(TargetedConfig):
     r_star_weight: float = option(0.5, "CARDS: weight w of r_star in the first threshold r0 = (1 - w) r(x) + "
                                        "w r_star (the paper's alpha)")
     proposals: int = option(1, "CARDS / rejection sampling: candidates proposed per prompt at once, checked "
-                               "in order (rejection sampling's default: 4)")
+                               "in order")
     prefix_calibration: str = option("off", "CARDS: 'on' measures how much lower the RM scores a response's "
                                             "first t tokens than the whole (calibration samples, extra RM calls "
                                             "counted) and lowers tau(t) for partial candidates by that gap")

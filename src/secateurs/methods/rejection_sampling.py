@@ -20,7 +20,7 @@ from .base import option, register
 @dataclass
 class RejectionSamplingConfig(TargetedConfig):
     proposals: int = option(4, "CARDS / rejection sampling: candidates proposed per prompt at once, checked "
-                               "in order (CARDS' default: 1)")
+                               "in order")
 
     def validate(self) -> None:
         super().validate()

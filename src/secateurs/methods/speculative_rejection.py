@@ -203,9 +203,16 @@ class SpeculativeRejection(MethodPolicy):
         if self.budget is None:
             return (f"no decision point: every decision_tokens entry is >= max_new_tokens={config.max_new_tokens}; "
                     f"this is Best-of-{self.b0}")
+        if self.budget_source.startswith("n x"):
+            # This budget grows with n, so raising n moves nothing: the first decision falls at
+            # first_decision_tokens whatever n is.
+            advice = (f"set first_decision_tokens (--first-decision-tokens) below max_new_tokens, e.g. "
+                      f"{max(1, config.max_new_tokens // 2)}")
+        else:  # a fixed budget: more candidates, or less memory, fill it sooner
+            advice = "lower kv_budget_tokens / memory_gib, or raise n"
         return (f"no decision point: a KV budget of {self.budget} tokens ({self.budget_source}) holds all "
                 f"{self.b0} candidates of this {self.ctx.prompt_len}-token prompt past max_new_tokens="
-                f"{config.max_new_tokens}; this is Best-of-{self.b0} at full cost (lower the budget or raise n)")
+                f"{config.max_new_tokens}; this is Best-of-{self.b0} at full cost ({advice})")
 
     def _warn_once(self, message: str) -> None:
         """One line per run (its config), not one per prompt."""
