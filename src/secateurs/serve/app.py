@@ -56,7 +56,20 @@ class Front:
         self.metrics = ServerMetrics(self.queue_depth, self.rows_busy, lambda: len(self.pending))
 
     def queue_depth(self) -> int:
-        return sum(1 for r in list(self.pending) if r.policy is None)  # not yet admitted to rows
+        """Requests waiting for rows: those not yet admitted, less those the free rows take at the
+        scheduler's next step (a burst arriving at an idle server waits for nothing)."""
+        scheduler = self.aligner.scheduler
+        # Read from the event loop while the scheduler thread runs: list() copies are atomic under the GIL,
+        # and a count off by one step only moves the 429 threshold by that step.
+        queued_rows = sum(len(seqs) for r in list(self.pending) if r.policy is not None for seqs, _ in list(r.queue))
+        free = scheduler.max_batch_rows - self.rows_busy() - queued_rows
+        waiting = 0
+        for r in sorted((r for r in list(self.pending) if r.policy is None), key=lambda r: r.id):
+            if free > 0:  # as Scheduler._admit: a request is admitted while any row is free
+                free -= r.config.rows_per_prompt()
+            else:
+                waiting += 1
+        return waiting
 
     def rows_busy(self) -> int:
         return int(getattr(self.aligner.backend, "live_rows", 0))
@@ -193,7 +206,8 @@ class Front:
             if delta:
                 yield shape.chunk(delta)
             use = self._usage(request, result, text)
-            yield shape.chunk(None, finish_reason(result, text.stopped), use, extension(result))
+            yield shape.chunk(None, finish_reason(result, text.stopped), use if job.include_usage else None,
+                              extension(result))
             yield DONE
             self.metrics.answered(result, use["prompt_tokens"], use["completion_tokens"],
                                   time.perf_counter() - started)
