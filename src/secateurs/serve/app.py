@@ -29,6 +29,7 @@ from ..results import AlignResult
 from ..scheduler import Request
 from .metrics import ServerMetrics
 from .protocol import ApiError, Job, ServeDefaults, parse_json, parse_request
+from .schema import ChatCompletionRequest, CompletionRequest, add_schemas, request_body
 from .responses import DONE, KEEP_ALIVE, Shape, extension, finish_reason, sse, usage
 from .text import AnswerText
 
@@ -246,16 +247,29 @@ def warm_up(aligner: Aligner) -> None:
     aligner.reward.score([make_prompt("hello", "warm-up")], ["hello"])
 
 
+def _describe_bodies(app: FastAPI) -> None:
+    """FastAPI's own /openapi.json, with the request bodies the handlers read by hand (schema.py)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_schemas(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(aligner: Aligner, settings: ServeSettings) -> FastAPI:
     front = Front(aligner, settings)
-    app = FastAPI(title="secateurs", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="secateurs", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.front = front
+    _describe_bodies(app)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
     async def chat_completions(http: HttpRequest) -> Response:
         return await front.complete(http, chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(http: HttpRequest) -> Response:
         return await front.complete(http, chat=False)
 
