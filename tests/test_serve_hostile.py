@@ -170,7 +170,7 @@ def test_fuzz_from_the_openapi_document_gets_no_5xx_and_no_hang(server):
     cases = st.one_of(schema.as_strategy(GenerationMode.POSITIVE), schema.as_strategy(GenerationMode.NEGATIVE))
     seen = []
 
-    @settings(max_examples=80, deadline=None, database=None, derandomize=True,
+    @settings(max_examples=100, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     @given(case=cases)
     def fuzz(case):

@@ -247,13 +247,13 @@ def warm_up(aligner: Aligner) -> None:
     aligner.reward.score([make_prompt("hello", "warm-up")], ["hello"])
 
 
-def _describe_bodies(app: FastAPI) -> None:
+def _describe_bodies(app: FastAPI, served: str) -> None:
     """FastAPI's own /openapi.json, with the request bodies the handlers read by hand (schema.py)."""
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            app.openapi_schema = add_schemas(build())
+            app.openapi_schema = add_schemas(build(), served)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
@@ -263,7 +263,7 @@ def create_app(aligner: Aligner, settings: ServeSettings) -> FastAPI:
     front = Front(aligner, settings)
     app = FastAPI(title="secateurs", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.front = front
-    _describe_bodies(app)
+    _describe_bodies(app, settings.model)
 
     @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
     async def chat_completions(http: HttpRequest) -> Response:

@@ -84,11 +84,13 @@ def request_body(model: type[BaseModel]) -> dict[str, Any]:
         "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
-def add_schemas(document: dict[str, Any]) -> dict[str, Any]:
-    """The models' schemas (and those they use) in the document's components."""
+def add_schemas(document: dict[str, Any], served: str) -> dict[str, Any]:
+    """The models' schemas (and those they use) in the document's components; `model` names the one
+    model served."""
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     for model in (ChatCompletionRequest, CompletionRequest):
         schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
+        schema["properties"]["model"]["enum"] = [served]
         schemas[model.__name__] = schema
     return document
