@@ -110,6 +110,10 @@ def wait_for(predicate, timeout=20.0):
     return False
 
 
+def not_admitted(front):
+    return sum(1 for r in list(front.pending) if r.policy is None)
+
+
 def metric(server, name):
     for line in httpx.get(server["url"] + "/metrics").text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{") and line.split(" ")[0] == name:
@@ -274,7 +278,7 @@ def test_disconnect_cancels_the_request_and_frees_its_rows(server):
     gate.clear()
     try:
         blocker.start()
-        assert wait_for(lambda: len(front.pending) == 1 and front.queue_depth() == 0)
+        assert wait_for(lambda: len(front.pending) == 1 and not_admitted(front) == 0)
         gave_up = []
 
         def give_up():
@@ -284,7 +288,7 @@ def test_disconnect_cancels_the_request_and_frees_its_rows(server):
 
         client_thread = threading.Thread(target=give_up)
         client_thread.start()
-        assert wait_for(lambda: front.queue_depth() == 1)
+        assert wait_for(lambda: not_admitted(front) == 1)
         (queued,) = [r for r in front.pending if r.policy is None]
         client_thread.join(timeout=30)
         assert gave_up
@@ -307,11 +311,15 @@ def test_full_queue_answers_429_with_retry_after(server):
     front.settings.max_queue = 2
     answers = []
     ask = lambda: answers.append(chat(server, max_tokens=4).choices[0].message.content)  # noqa: E731
-    threads = [threading.Thread(target=ask) for _ in range(3)]
-    gate.clear()
+    hold = lambda: answers.append(chat(server, max_tokens=200, secateurs=LONG).choices[0].message.content)  # noqa: E731
+    threads = [threading.Thread(target=hold)] + [threading.Thread(target=ask) for _ in range(2)]
     try:
-        threads[0].start()  # decodes, then holds the scheduler in its RM call
-        assert wait_for(lambda: front.queue_depth() == 0 and len(front.pending) == 1)
+        # Takes every row; then the gate holds the scheduler in its next RM call, rows taken: requests
+        # sent now wait for rows (one the free rows would take at the next step is not counted as waiting).
+        threads[0].start()
+        assert wait_for(lambda: front.rows_busy() == ROWS)
+        gate.clear()
+        assert wait_for(lambda: not front.aligner.scheduler.waiting and front.rows_busy() == ROWS)
         for t in threads[1:]:
             t.start()
         assert wait_for(lambda: front.queue_depth() == 2)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shlex
+import socket
 import sys
 import textwrap
 from pathlib import Path
@@ -18,7 +20,7 @@ from .errors import SecateursError
 from .config import build_config, option_specs
 from .methods import get_method, method_names
 from .models import load_policy
-from .prompts import builtin_prompts, load_prompts
+from .prompts import builtin_prompts, load_prompts, make_prompt
 from .results import check_output
 from .rewards import load_reward
 from .runner import run_prompts
@@ -324,6 +326,31 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
     click.echo(f"report: {spec.out / 'report.html'}")
 
 
+def _finite(ctx, param, value):
+    """FloatRange lets nan and inf through (no comparison is true for nan)."""
+    if value is not None and not math.isfinite(value):
+        raise click.BadParameter(f"{value} is not a finite number", ctx, param)
+    return value
+
+
+def _listen_socket(host: str, port: int) -> socket.socket:
+    """The server's socket, bound now: uvicorn would otherwise fail on a taken port or an unknown host
+    with tracebacks, after the models load and after 'serving on' is printed."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise SecateursError(f"--host {host!r}: {getattr(e, 'strerror', None) or e}") from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: restart despite TIME_WAIT
+    try:
+        sock.bind(address)
+    except OSError as e:
+        sock.close()
+        raise SecateursError(f"--host {host} --port {port}: cannot listen there ({e.strerror})") from None
+    return sock
+
+
 @cli.command()
 @click.option("--method", type=click.Choice(method_names()), default="best-of-n", show_default=True,
               help="The method of requests that name none (a request names its own in extra_body "
@@ -334,12 +361,13 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of requests that send none.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available].")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True,
+              help="TCP port to listen on (0: any free port).")
 @click.option("--max-queue", type=click.IntRange(min=1), default=64, show_default=True,
               help="Requests that may wait for rows; more get HTTP 429 with Retry-After.")
 @click.option("--api-key", default=None, envvar="SECATEURS_API_KEY",
               help="Require 'Authorization: Bearer KEY' on /v1/* [$SECATEURS_API_KEY; none: open].")
-@click.option("--keepalive", type=click.FloatRange(min=0.05), default=2.0, show_default=True,
+@click.option("--keepalive", type=click.FloatRange(min=0.05), default=2.0, show_default=True, callback=_finite,
               help="Seconds of silence after which a stream gets an SSE keep-alive comment.")
 @backend_option
 @method_options
@@ -362,19 +390,28 @@ def serve(method, policy, reward, seed, device, backend, host, port, max_queue, 
     given = _options(**options)
     config = build_config(method, given, spelling="cli")  # bad options fail before any model loads
     backend = _check_backend(backend, [method], use_ray=False)
+    sock = _listen_socket(host, port)  # a taken port or a bad host fail before any model loads
     engine = make_backend(backend, policy, device=device) if backend != "transformers" else None
     loaded_policy = engine.policy if engine is not None else load_policy(policy, device=device)
     loaded_reward = load_reward(reward, device=device)
     aligner = Aligner(loaded_policy, loaded_reward, max_batch_rows=config.max_batch_rows, backend=engine)
+    # Requests that send no max_tokens get the default: one that cannot fit the context fails here, as in
+    # `secateurs run`, not in every request.
+    loaded_policy.check_fits(make_prompt("x", "serve"), 1, config.max_new_tokens)
     warm_up(aligner)
     settings = ServeSettings(model=loaded_policy.name,
                              defaults=ServeDefaults(method, given, seed, config.max_batch_rows),
                              max_queue=max_queue, api_key=api_key, keepalive_s=keepalive)
-    click.echo(f"serving {loaded_policy.name!r} ({method} by default) on http://{host}:{port}/v1", err=True)
+    bound_host, bound_port = sock.getsockname()[:2]
+    shown = f"[{bound_host}]" if ":" in bound_host else bound_host
+    click.echo(f"serving {loaded_policy.name!r} ({method} by default) on http://{shown}:{bound_port}/v1", err=True)
     try:
-        uvicorn.run(create_app(aligner, settings), host=host, port=port, log_level="warning")
+        server = uvicorn.Server(uvicorn.Config(create_app(aligner, settings), log_level="warning"))
+        server.run(sockets=[sock])
     finally:
+        sock.close()
         aligner.close()
+
 
 
 @cli.command()

@@ -29,6 +29,7 @@ from ..results import AlignResult
 from ..scheduler import Request
 from .metrics import ServerMetrics
 from .protocol import ApiError, Job, ServeDefaults, parse_json, parse_request
+from .schema import ChatCompletionRequest, CompletionRequest, add_schemas, request_body
 from .responses import DONE, KEEP_ALIVE, Shape, extension, finish_reason, sse, usage
 from .text import AnswerText
 
@@ -56,7 +57,20 @@ class Front:
         self.metrics = ServerMetrics(self.queue_depth, self.rows_busy, lambda: len(self.pending))
 
     def queue_depth(self) -> int:
-        return sum(1 for r in list(self.pending) if r.policy is None)  # not yet admitted to rows
+        """Requests waiting for rows: those not yet admitted, less those the free rows take at the
+        scheduler's next step (a burst arriving at an idle server waits for nothing)."""
+        scheduler = self.aligner.scheduler
+        # Read from the event loop while the scheduler thread runs: list() copies are atomic under the GIL,
+        # and a count off by one step only moves the 429 threshold by that step.
+        queued_rows = sum(len(seqs) for r in list(self.pending) if r.policy is not None for seqs, _ in list(r.queue))
+        free = scheduler.max_batch_rows - self.rows_busy() - queued_rows
+        waiting = 0
+        for r in sorted((r for r in list(self.pending) if r.policy is None), key=lambda r: r.id):
+            if free > 0:  # as Scheduler._admit: a request is admitted while any row is free
+                free -= r.config.rows_per_prompt()
+            else:
+                waiting += 1
+        return waiting
 
     def rows_busy(self) -> int:
         return int(getattr(self.aligner.backend, "live_rows", 0))
@@ -198,7 +212,8 @@ class Front:
             if delta:
                 yield shape.chunk(delta)
             use = self._usage(request, result, text)
-            yield shape.chunk(None, finish_reason(result, text.stopped), use, extension(result))
+            yield shape.chunk(None, finish_reason(result, text.stopped), use if job.include_usage else None,
+                              extension(result))
             yield DONE
             self.metrics.answered(result, use["prompt_tokens"], use["completion_tokens"],
                                   time.perf_counter() - started)
@@ -243,16 +258,29 @@ def warm_up(aligner: Aligner) -> None:
     aligner.reward.score([make_prompt("hello", "warm-up")], ["hello"])
 
 
+def _describe_bodies(app: FastAPI, served: str) -> None:
+    """FastAPI's own /openapi.json, with the request bodies the handlers read by hand (schema.py)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = add_schemas(build(), served)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 def create_app(aligner: Aligner, settings: ServeSettings) -> FastAPI:
     front = Front(aligner, settings)
-    app = FastAPI(title="secateurs", docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="secateurs", docs_url=None, redoc_url=None, openapi_url="/openapi.json")
     app.state.front = front
+    _describe_bodies(app, settings.model)
 
-    @app.post("/v1/chat/completions")
+    @app.post("/v1/chat/completions", openapi_extra=request_body(ChatCompletionRequest))
     async def chat_completions(http: HttpRequest) -> Response:
         return await front.complete(http, chat=True)
 
-    @app.post("/v1/completions")
+    @app.post("/v1/completions", openapi_extra=request_body(CompletionRequest))
     async def completions(http: HttpRequest) -> Response:
         return await front.complete(http, chat=False)
 

@@ -16,6 +16,7 @@ whose prompts have no ids. So a request with seed S and prompt_id I answers exac
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,13 @@ from ..prompts import Prompt, make_prompt
 
 DEFAULT_PROMPT_ID = "0"
 MAX_STOP_STRINGS = 4  # as the OpenAI API
+# A body nesting arrays/objects deeper than this is refused before parsing (json's parser recurses, and
+# no OpenAI body needs more than a handful of levels).
+MAX_DEPTH = 32
+MAX_DIGITS = 30  # an integer literal longer than this is no count, seed or option any method takes
+# The extension's names that are not method options: the request's own fields, named elsewhere.
+NOT_OPTIONS = {"seed": "use the top-level 'seed' field", "prompt": "the prompt is the body's 'messages' or 'prompt'",
+               "messages": "the prompt is the body's 'messages' or 'prompt'"}
 
 # Fields accepted only at a value that asks for nothing we do not do: field -> accepted values.
 NEUTRAL = {
@@ -39,6 +47,7 @@ NEUTRAL = {
     "tool_choice": (None, "none"),
     "function_call": (None, "none"),
     "parallel_tool_calls": (None, False, True),  # meaningless without tools
+    "service_tier": (None, "auto", "default"),
     "presence_penalty": (None, 0, 0.0),
     "frequency_penalty": (None, 0, 0.0),
     "logit_bias": (None, {}),
@@ -50,8 +59,8 @@ NEUTRAL = {
     "reasoning_effort": (None,),
     "store": (None, False),
 }
-# Fields that change nothing in the answer (bookkeeping for the caller).
-BOOKKEEPING = ("model", "user", "metadata", "service_tier", "stream_options")
+# Fields that change nothing in the answer (the caller's bookkeeping), checked for their type only.
+BOOKKEEPING = ("model", "user", "metadata", "stream_options")
 SAMPLING_FIELDS = {"temperature": "temperature", "top_p": "top_p", "max_tokens": "max_new_tokens",
                    "max_completion_tokens": "max_new_tokens"}
 HANDLED = ("messages", "prompt", "stream", "seed", "stop", "secateurs", *SAMPLING_FIELDS)
@@ -92,15 +101,103 @@ class Job:
     stop: tuple[str, ...]
     stream: bool
     model: str
+    include_usage: bool = True  # stream_options.include_usage=false: a stream sends no usage
+
+
+class _Bad:
+    """A JSON literal no field takes (NaN, Infinity, an integer of thousands of digits), kept by the parser
+    so that the walk over the body can name the field it is in."""
+
+    def __init__(self, text: str, why: str):
+        self.text, self.why = text, why
+
+
+def _int(text: str) -> Any:
+    return int(text) if len(text.lstrip("-")) <= MAX_DIGITS else _Bad(text, f"an integer of {len(text)} digits")
+
+
+def _constant(text: str) -> _Bad:
+    return _Bad(text, f"{text} (JSON has no such number)")
+
+
+_STRING_OR_BRACKET = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+
+
+def _too_deep(raw: bytes) -> str | None:
+    """The top-level field whose value nests deeper than MAX_DEPTH (\"\" for the body itself), else None.
+    Scanned on the bytes, as the parser would otherwise recurse into it."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH:
+        return None
+    depth, field = 0, ""
+    for m in _STRING_OR_BRACKET.finditer(raw):
+        token = m.group()
+        if token[0] == 0x22:  # a string: at depth 1 the last one before a value is its key
+            if depth == 1:
+                field = token[1:-1].decode("utf-8", "replace")
+        elif token in (b"[", b"{"):
+            depth += 1
+            if depth > MAX_DEPTH:
+                return field
+        else:
+            depth -= 1
+    return None
+
+
+def _walk(body: Any) -> None:
+    """Refuses, naming the field, what json.loads lets through but no field takes: a lone surrogate (it
+    cannot be encoded, to a tokenizer or back to the client), NaN / Infinity, a giant integer."""
+    stack = [(body, "")]
+    while stack:
+        value, path = stack.pop()
+        if isinstance(value, dict):
+            for k, v in value.items():
+                if not _encodable(k):
+                    where = f"in {path!r}" if path else "of the body"
+                    raise ApiError(400, f"a field name {where} holds a lone UTF-16 surrogate, which is not text",
+                                   _top(path))
+                stack.append((v, f"{path}.{k}" if path else k))
+        elif isinstance(value, list):
+            stack.extend((v, f"{path}[{i}]") for i, v in enumerate(value))
+        elif isinstance(value, str) and not _encodable(value):
+            bad = next(c for c in value if 0xD800 <= ord(c) <= 0xDFFF)
+            raise ApiError(400, f"{path} holds a lone UTF-16 surrogate (\\u{ord(bad):04x}), which is not text",
+                           _top(path))
+        elif isinstance(value, _Bad):
+            shown = value.text if len(value.text) <= 20 else value.text[:20] + "..."
+            raise ApiError(400, f"{path}: {shown} is not a number secateurs takes ({value.why})", _top(path))
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _surrogate(text: str) -> int:
+    return next(i for i, c in enumerate(text) if 0xD800 <= ord(c) <= 0xDFFF)
+
+
+def _top(path: str) -> str | None:
+    """The top-level field a path is in (an error's `param`)."""
+    return re.split(r"[.\[]", path, maxsplit=1)[0] or None
 
 
 def parse_json(raw: bytes) -> dict:
+    field = _too_deep(raw)
+    if field is not None:
+        where = f"{field!r} nests" if field else "the request body nests"
+        raise ApiError(400, f"{where} arrays/objects more than {MAX_DEPTH} deep", field or None)
     try:
-        body = json.loads(raw)
+        body = json.loads(raw, parse_int=_int, parse_constant=_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ApiError(400, f"the request body is not valid JSON: {e}") from None
+    except RecursionError:  # the scan above should have refused it; never a 500
+        raise ApiError(400, f"the request body nests arrays/objects more than {MAX_DEPTH} deep") from None
     if not isinstance(body, dict):
         raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
+    _walk(body)
     return body
 
 
@@ -203,13 +300,41 @@ def _options(body: dict, method: str, extension: dict, defaults: ServeDefaults) 
     return options
 
 
+def _bookkeeping(body: dict) -> None:
+    """`user` and `metadata` change nothing (see the README); their types are still checked."""
+    user = body.get("user")
+    if user is not None and not isinstance(user, str):
+        raise ApiError(400, f"'user' must be a string, got {json.dumps(user)[:80]}", "user")
+    metadata = body.get("metadata")
+    if metadata is not None and not (isinstance(metadata, dict) and all(isinstance(v, str) for v in metadata.values())):
+        raise ApiError(400, "'metadata' must be an object of strings", "metadata")
+
+
+def _include_usage(options: Any, stream: bool) -> bool:
+    """stream_options (OpenAI: only with stream=true): include_usage=false leaves usage out of the stream."""
+    if options is None:
+        return True
+    if not stream:
+        raise ApiError(400, "'stream_options' is only allowed with stream=true", "stream_options")
+    if not isinstance(options, dict) or set(options) - {"include_usage"}:
+        raise ApiError(400, "'stream_options' must be {\"include_usage\": true or false}", "stream_options")
+    include = options.get("include_usage", True)
+    if not isinstance(include, bool):
+        raise ApiError(400, f"stream_options.include_usage must be true or false, got {json.dumps(include)[:80]}",
+                       "stream_options")
+    return include
+
+
 def parse_request(body: dict, prompt_field: str, defaults: ServeDefaults) -> Job:
     """A chat (prompt_field 'messages') or completion ('prompt') body as a Job; ApiError(400) if it
     asks for something secateurs cannot honour. Option values are checked later, by build_config."""
     _check_fields(body, prompt_field)
     model = body.get("model")
-    if not isinstance(model, str):
+    if "model" not in body:
         raise ApiError(400, "missing required field 'model' (a string; see GET /v1/models)", "model")
+    if not isinstance(model, str):
+        raise ApiError(400, f"'model' must be a string (see GET /v1/models), got {json.dumps(model)[:80]}", "model")
+    _bookkeeping(body)
     extension = body.get("secateurs") or {}
     if not isinstance(extension, dict):
         raise ApiError(400, "'secateurs' must be an object: {\"method\": ..., \"prompt_id\": ..., options}",
@@ -218,6 +343,9 @@ def parse_request(body: dict, prompt_field: str, defaults: ServeDefaults) -> Job
     method = extension.pop("method", None) or defaults.method
     if not isinstance(method, str):
         raise ApiError(400, f"secateurs.method must be a string, got {method!r}", "secateurs")
+    for name, why in NOT_OPTIONS.items():
+        if name in extension:
+            raise ApiError(400, f"secateurs.{name} is not an option: {why}", "secateurs")
     prompt_id = extension.pop("prompt_id", DEFAULT_PROMPT_ID)
     if not isinstance(prompt_id, (str, int)) or isinstance(prompt_id, bool):
         raise ApiError(400, f"secateurs.prompt_id must be a string, got {prompt_id!r}", "secateurs")
@@ -228,7 +356,8 @@ def parse_request(body: dict, prompt_field: str, defaults: ServeDefaults) -> Job
     stream = body.get("stream") or False
     if not isinstance(stream, bool):
         raise ApiError(400, f"'stream' must be true or false, got {stream!r}", "stream")
+    include_usage = _include_usage(body.get("stream_options"), stream)
     get_method(method)  # an unknown method: SecateursError, the CLI's line
     prompt = make_prompt(_prompt_value(body, prompt_field), str(prompt_id), where=f"prompt {str(prompt_id)!r}")
     return Job(prompt, method, _options(body, method, extension, defaults), seed, _stop(body.get("stop")),
-               stream, model)
+               stream, model, include_usage)

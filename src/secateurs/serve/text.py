@@ -2,7 +2,7 @@
 
 A streamed answer is the concatenation of its deltas and equals the non-streamed answer. Each
 update decodes the whole committed prefix and sends what is new, holding back an incomplete UTF-8
-character (decoded as U+FFFD) and a tail that may be the start of a stop string. A stop string cuts
+character (decoded as U+FFFD; the final text drops one that max_tokens cut) and a tail that may be the start of a stop string. A stop string cuts
 the answer before it (OpenAI's `stop`); decoding is not cut short by it: the method runs as it
 would without `stop` (so the reward and cost are the method's) and the answer sent is cut.
 """
@@ -39,9 +39,12 @@ class AnswerText:
         if cut is not None:
             text = text[:cut]
             self.stopped_at = self._tokens_to_stop(ids)
-        elif not final:
-            text = text.rstrip(REPLACEMENT)  # a character whose bytes have not all arrived
-            text = text[:len(text) - self._possible_stop_start(text)]
+        else:
+            # A character whose bytes have not all arrived; in the final text, one that max_tokens cut (its
+            # bytes never will): dropped alike for every method, streamed or not.
+            text = text.rstrip(REPLACEMENT)
+            if not final:
+                text = text[:len(text) - self._possible_stop_start(text)]
         if not text.startswith(self.sent):
             # Decoding more tokens changed text already sent (a tokenizer's clean-up across tokens):
             # what was sent stays; send what follows the common part.
