@@ -76,6 +76,22 @@ def test_cards_stops_at_eos_mid_segment(tiny_policy):
         assert not set(ids) & stopping.stop_token_ids  # the stop token ended it and is not in the text
 
 
+def test_a_candidate_ending_at_eos_is_tested_against_r_star(tiny_policy, endless):
+    # r(x) = 0 (the prompt alone), r_star = 10: tau(t) = 5 + 5 t / 60 < 7 for t < 24
+    seven = CallableReward(lambda p, r: 7.0 if r else 0.0, name="seven")
+    config = CardsConfig(r_star=10.0, max_new_tokens=60, acceptance="hard", max_retries=3, entropy_threshold=99.0)
+    stopping = Policy(tiny_policy.model, tiny_policy.tokenizer)
+    stopping.stop_token_ids = frozenset(range(8, 60))  # every candidate ends at EOS within a few tokens
+    for r in run(stopping, seven, "cards", config):
+        # a complete answer scoring 7 < r_star fails, however short: only the retry cap ends the prompt
+        assert r.finish_reason == "eos" and r.response_tokens < 24
+        assert r.details["rejections_per_segment"] == [3]
+    # an unfinished segment still meets the lower tau(t): 7 passes at t <= 24
+    for r in run(endless, seven, "cards", CardsConfig(r_star=10.0, max_new_tokens=60, acceptance="hard",
+                                                     max_retries=3, min_segment_tokens=4)):
+        assert r.details["rejections_per_segment"][0] == 0
+
+
 def test_parallel_proposals_agree_with_the_sequential_rule(tiny_policy):
     reward = load_reward("sentiment+civility")
     for proposals in (1, 3):

@@ -9,7 +9,8 @@ threshold
     tau_r(t) = min(r0 + t * (r_star - r0) / max_new_tokens, r_star),  r0 = (1 - w) r(x) + w r_star
 
 (t = response length with the segment, r(x) = the RM score of the prompt alone), softly with
-probability min(1, exp((r - tau_r) / beta)) or hard (r >= tau_r). A rejected segment is resampled
+probability min(1, exp((r - tau_r) / beta)) or hard (r >= tau_r). A candidate that ended at EOS is
+a complete answer and is tested against r_star itself, whatever its length. A rejected segment is resampled
 from the same accepted prefix; after max_retries rejections the best one seen is accepted.
 
 Beyond the authors' code: the KV cache is kept, and a rejected row is rewound to its accepted
@@ -205,6 +206,10 @@ class Cards(TargetedPolicy):
         self._next_segment()
 
     def _threshold(self, seq) -> float:
+        if seq.finished:
+            # A complete answer is judged as one: tau(t) < r_star at its length would give short
+            # answers a more lenient bar than full-length ones (the authors' loop never stops at EOS).
+            return self.r_star
         tau = threshold(self.r0, self.r_star, seq.length, self.config.max_new_tokens)
         return tau - interpolate(self.prefix_gaps, seq.length) if seq.scored_partial else tau
 
