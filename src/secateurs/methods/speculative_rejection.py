@@ -2,7 +2,7 @@
 
 Start B0 candidates per prompt. Decode until the prompt's KV budget is full (the decision point),
 score every partial response with the RM as if complete, pool the live candidates with those
-already finished, keep the top round((1 - alpha) * |pool|), and let only unfinished survivors
+already finished, keep the top round((1 - alpha) * |pool|) (ties: finished first), and let only unfinished survivors
 decode on; the freed memory lets them run about 1 / (1 - alpha) times longer before the next
 decision. Repeat until no candidate is live or max_new_tokens is reached, and answer with the
 best-scoring complete response in the final pool.
@@ -45,7 +45,6 @@ responses whose scores fell once complete.
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 from ..errors import SecateursError
@@ -117,8 +116,9 @@ class SpeculativeRejectionConfig(DecodingConfig):
 
 
 def keep_count(pool: int, alpha: float) -> int:
-    """round((1 - alpha) * pool), halves rounded up, and at least one."""
-    return max(1, math.floor((1 - alpha) * pool + 0.5))
+    """round((1 - alpha) * pool) as the authors' Python computes it (halves to even: 62 of 125 and 2 of
+    5 at alpha 0.5), and at least one."""
+    return max(1, round((1 - alpha) * pool))
 
 
 def authors_b0(budget: int, prompt_len: int) -> int:
@@ -221,7 +221,8 @@ class SpeculativeRejection(MethodPolicy):
         if live:
             self.length = live[0].length
             # Step 4: pool = live + finished; keep the top round((1 - alpha) * |pool|) by score.
-            pool = sorted(live + self.finished, key=lambda s: -s.reward)  # stable: ties keep pool order
+            # stable: on a tie a finished candidate ranks first (as the authors' code), then by index
+            pool = sorted(self.finished + live, key=lambda s: -s.reward)
             kept = pool[:keep_count(len(pool), self.config.alpha)]
             kept_ids = {id(s) for s in kept}
             self.ctx.release([s for s in live if id(s) not in kept_ids])
