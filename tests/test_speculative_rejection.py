@@ -284,14 +284,16 @@ class EarlyEndsWin(Reward):
         return scores, words
 
 
-def test_final_pool_authors_keeps_finished_survivors_eligible(tiny_policy):
+def test_the_default_final_pool_keeps_finished_survivors_eligible(tiny_policy):
+    # the default is the authors': a finished candidate that survived a decision stays eligible
     stopping = Policy(tiny_policy.model, tiny_policy.tokenizer)  # some candidates end early
     stopping.stop_token_ids = frozenset(range(8, 20))
     config = dict(n=16, alpha=0.5, max_new_tokens=40, decision_tokens=(3, 8, 16))
-    ours = run_prompts(PROMPTS, "speculative-rejection", SpeculativeRejectionConfig(**config), stopping,
-                       EarlyEndsWin())
-    authors = run_prompts(PROMPTS, "speculative-rejection",
-                          SpeculativeRejectionConfig(**config, final_pool="authors"), stopping, EarlyEndsWin())
+    ours = run_prompts(PROMPTS, "speculative-rejection", SpeculativeRejectionConfig(**config, final_pool="survivors"),
+                       stopping, EarlyEndsWin())
+    authors = run_prompts(PROMPTS, "speculative-rejection", SpeculativeRejectionConfig(**config), stopping,
+                          EarlyEndsWin())
+    assert all(a.details["final_pool"] == "authors" for a in authors)
     assert [r.cost.lm_tokens for r in ours] == [r.cost.lm_tokens for r in authors]  # same decoding
     assert sum(o.details["rounds"] >= 2 for o in ours) >= 3  # not vacuous: later decisions happened
     assert all(a.reward >= o.reward for a, o in zip(authors, ours))

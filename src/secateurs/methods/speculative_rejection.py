@@ -35,11 +35,11 @@ each candidate holds its own copy), in order of precedence:
   never bring a decision, a fixed CPU_KV_BUDGET_TOKENS per prompt (not tied to n).
 
 The final pool (`final_pool`): finished candidates compete for the kept slots at every decision.
-'survivors' (ours, as the paper's algorithm reads): the answer is the best of the finished
-candidates still kept at the end. 'authors' (their code): a finished candidate that survived one
-decision stays eligible for the answer even if a later decision drops it. Decoding is identical;
-'authors' can only raise the answer's reward, when a finished candidate lost its slot to partial
-responses whose scores fell once complete.
+'authors' (the default, their code): a finished candidate that survived one decision stays
+eligible for the answer even if a later decision drops it. 'survivors' (the paper's algorithm read
+literally): the answer is the best of the finished candidates still kept at the end. Decoding is
+identical; 'survivors' can only lower the answer's reward, when a finished candidate lost its slot
+to partial responses whose scores fell once complete.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ MAX_B0 = 1000
 # prompt the rule gives B0 of 46-85 (the old default n was 64), so a default run costs about
 # what it did, while the decisions come where this memory fills, as on a GPU.
 CPU_KV_BUDGET_TOKENS = 4096
-FINAL_POOLS = ("survivors", "authors")
+FINAL_POOLS = ("authors", "survivors")
 
 
 @dataclass
@@ -78,8 +78,9 @@ class SpeculativeRejectionConfig(DecodingConfig):
                                                            "reject at (e.g. 16,32,64), instead of a budget")
     first_decision_tokens: int = option(16, "Speculative Rejection: with n given and no budget, the budget is "
                                             "n x (prompt + this many tokens)")
-    final_pool: str = option("survivors", "Speculative Rejection: answer from the finished candidates still kept "
-                                          "('survivors') or also those that survived any decision ('authors')")
+    final_pool: str = option("authors", "Speculative Rejection: answer from the finished candidates that survived "
+                                        "any decision ('authors', their code) or only those still kept at the end "
+                                        "('survivors')")
 
     def validate(self) -> None:
         super().validate()
