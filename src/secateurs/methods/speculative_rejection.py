@@ -11,15 +11,18 @@ Beyond the authors' code: rejected rows are pruned from the KV cache in place (n
 text round trip); several prompts run in one batch, each rejecting only among its own candidates
 and on its own schedule; a prompt that finishes frees its rows for the next prompt's candidates.
 
-B0 (see `initial_candidates`). Without `n`, B0 comes from the KV budget M (tokens) by the authors'
-rule: the largest batch for which the prompt plus a short run of 8 tokens fits, capped at 1000:
-B0 = min(M // (P + 8), 1000). Their code (github.com/Zanette-Labs/SpeculativeRejection,
-`generate` in speculative_rejection.py) writes it as B0 = min(2 a / (P + b), 1000) with a / (L + b)
-a per-model fit of the batch that fits length L, then shrinks B0 by 10% while fewer than 8 new
-tokens fit; exact KV accounting gives the same batch without the fit (theirs lands up to 10%
-below it). B0 is capped at max_batch_rows (rows decode together); the budget is then scaled to
-those rows (M x B0 / rule's B0) so the decisions fall where the rule's B0 would put them, and
-the details say so. With `n`, B0 = n.
+B0 (`authors_b0`). Without `n`, B0 comes from the KV budget M (tokens): the largest batch for
+which the prompt plus a short run of 8 tokens fits, capped at 1000: B0 = min(M // (P + 8), 1000).
+Their code (github.com/Zanette-Labs/SpeculativeRejection, `generate` in speculative_rejection.py)
+starts from B0 = min(2 a / (P + b), 1000), with a / (L + b) a per-model fit of the batch that fits
+length L, and shrinks it by 10% while fewer than 8 new tokens fit. Where the formula exceeds what
+fits (short prompts) theirs lands up to 10% below ours; where it is below what fits (long prompts:
+the fit, measured with their code's overheads, falls faster in P than the KV memory does), no
+shrinking happens and theirs keeps the formula's smaller batch while ours is the memory maximum.
+Without their per-model a and b the formula cannot be reproduced for other models, so the memory
+maximum it approximates is used. B0 is capped at max_batch_rows (rows decode together); the budget
+is then scaled to those rows (M x B0 / rule's B0) so the decisions fall where the rule's B0 would
+put them, and the details say so. With `n`, B0 = n.
 
 The budget M (KV-cache tokens of one prompt: its live rows x their lengths, prompt included, as
 each candidate holds its own copy), in order of precedence:
@@ -31,8 +34,10 @@ each candidate holds its own copy), in order of precedence:
 - with `n` given: n x (P + first_decision_tokens), so the first decision comes that many tokens in
   (a budget of all device memory would put it past max_new_tokens whenever n candidates fit at
   full length: Best-of-n at full cost); on a GPU never more than its free memory allows;
-- else the device: on a GPU 90% of its free memory (as in the paper), on a CPU, whose RAM would
-  never bring a decision, a fixed CPU_KV_BUDGET_TOKENS per prompt (not tied to n).
+- else the device: on a GPU its free memory less the authors' 15 GiB reserve, measured as theirs
+  (admission.kv_budget_bytes: after torch.cuda.empty_cache, free + reserved - allocated, the rows
+  of earlier prompts counted as free, so B0 never depends on the prompts before); on a CPU, whose
+  RAM would never bring a decision, a fixed CPU_KV_BUDGET_TOKENS per prompt (not tied to n).
 
 The final pool (`final_pool`): finished candidates compete for the kept slots at every decision.
 'authors' (the default, their code): a finished candidate that survived one decision stays
@@ -153,7 +158,7 @@ class SpeculativeRejection(MethodPolicy):
                     f"memory_gib={config.memory_gib}")
         capacity = self.ctx.kv_capacity_tokens()
         if capacity is not None:  # as the paper: the decision point is where device memory is full
-            return capacity // config.in_flight(), "90% of free device memory"
+            return capacity // config.in_flight(), "free GPU memory - reserve"
         return CPU_KV_BUDGET_TOKENS, f"CPU default ({CPU_KV_BUDGET_TOKENS} tokens)"
 
     def _plan(self) -> tuple[int, int | None, int | None, str]:
@@ -166,7 +171,7 @@ class SpeculativeRejection(MethodPolicy):
                 f"n x (prompt + first_decision_tokens={config.first_decision_tokens})"
             capacity = self.ctx.kv_capacity_tokens()
             if capacity is not None and capacity // config.in_flight() < budget:
-                budget, source = capacity // config.in_flight(), "90% of free device memory"
+                budget, source = capacity // config.in_flight(), "free GPU memory - reserve"
         else:
             budget, source = self._device_budget()
         b0, rule = config.n, None
