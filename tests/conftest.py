@@ -90,6 +90,18 @@ def tiny_policy_folder(tmp_path_factory, tiny_policy):
     return folder
 
 
+@pytest.fixture(scope="session")
+def templateless_policy_folder(tmp_path_factory):
+    """A tiny policy without a chat template (as the CARDS paper's Llama-7B SFT, OPT), saved to disk, with
+    the character tokenizer: every character of its prompt text is one token, so tests can read it back."""
+    tok = char_tokenizer()
+    assert not getattr(tok, "chat_template", None)
+    folder = tmp_path_factory.mktemp("templateless_policy")
+    tiny_llama(len(tok), seed=2).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def endless(tiny_policy):
     """The tiny policy with no stop token, so responses run to max_new_tokens."""

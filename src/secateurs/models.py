@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from .conversation import DEFAULT_PROMPT_FORMAT
 from .errors import SecateursError
 from .policy import Policy
 
@@ -112,8 +113,10 @@ def convert_gguf(gguf_path: Path) -> Path:
     return target
 
 
-def load_policy(spec: str | Path | Policy | None = None, device=None, dtype=None) -> Policy:
-    """Load a policy from the default alias, a .gguf file, a local folder, or a Hugging Face model id."""
+def load_policy(spec: str | Path | Policy | None = None, device=None, dtype=None,
+                prompt_format: str = DEFAULT_PROMPT_FORMAT) -> Policy:
+    """Load a policy from the default alias, a .gguf file, a local folder, or a Hugging Face model id.
+    `prompt_format`: how a model without a chat template reads a conversation (hh, plain)."""
     if isinstance(spec, Policy):
         return spec
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -140,4 +143,4 @@ def load_policy(spec: str | Path | Policy | None = None, device=None, dtype=None
             f"unknown policy {str(spec)!r}: not a local model folder, a .gguf file, or a loadable "
             f"Hugging Face model id ({str(e).splitlines()[0]})"
         ) from None
-    return Policy(model, tokenizer, name=name)
+    return Policy(model, tokenizer, name=name, prompt_format=prompt_format)

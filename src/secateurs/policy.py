@@ -1,4 +1,5 @@
-"""The policy LM: a transformers causal LM with its tokenizer and chat template."""
+"""The policy LM: a transformers causal LM with its tokenizer and chat template (or, without one, a
+conversation format: secateurs.conversation)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Sequence
 
 import torch
 
+from .conversation import DEFAULT_PROMPT_FORMAT, check_prompt_format, hh_transcript, plain_text
 from .errors import SecateursError
 from .prompts import Prompt
 
@@ -13,10 +15,15 @@ from .prompts import Prompt
 class Policy:
     """A causal LM plus what the engine needs to know about it (stop tokens, pad, context)."""
 
-    def __init__(self, model, tokenizer, name: str | None = None):
+    def __init__(self, model, tokenizer, name: str | None = None, prompt_format: str = DEFAULT_PROMPT_FORMAT):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.name = name or getattr(model.config, "_name_or_path", None) or type(model).__name__
+        # How a template-less model reads a conversation; a non-default format is part of the name,
+        # so results (and resumed files) of different formats never mix.
+        self.prompt_format = check_prompt_format(prompt_format)
+        if prompt_format != DEFAULT_PROMPT_FORMAT and not getattr(tokenizer, "chat_template", None):
+            self.name = f"{self.name} [{prompt_format}]"
         self.device = next(model.parameters()).device
         self.stop_token_ids = self._stop_token_ids()
         pad = tokenizer.pad_token_id
@@ -35,13 +42,17 @@ class Policy:
         return frozenset(int(i) for i in ids)
 
     def encode(self, prompt: Prompt) -> list[int]:
-        """Token ids of the prompt, with the chat template (and generation prompt) applied if there is one."""
+        """Token ids of the prompt, with the chat template (and generation prompt) applied if there is one,
+        else in `prompt_format` (hh: the whole transcript, ending with the "Assistant:" cue)."""
         if getattr(self.tokenizer, "chat_template", None):
             text = self.tokenizer.apply_chat_template(
                 list(prompt.messages), add_generation_prompt=True, tokenize=False
             )
             return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-        text = "\n\n".join(m["content"] for m in prompt.messages)
+        if self.prompt_format == "hh":
+            text = hh_transcript(prompt.messages, cue=True)
+        else:
+            text = plain_text(prompt.messages)
         return list(self.tokenizer(text)["input_ids"])
 
     def check_fits(self, prompt: Prompt, n_prompt_tokens: int, max_new_tokens: int) -> None:

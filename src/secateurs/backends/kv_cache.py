@@ -32,6 +32,11 @@ class KVCache:
     def columns(self) -> int:
         return self.mask.shape[1]
 
+    def nbytes(self) -> int:
+        """Device bytes its keys and values take."""
+        return sum(t.numel() * t.element_size() for layer in self.cache.layers for t in (layer.keys, layer.values)
+                   if t is not None)
+
     def check_layout(self, model_name: str) -> None:
         kinds = {type(layer).__name__ for layer in self.cache.layers}
         if kinds - {"DynamicLayer"}:

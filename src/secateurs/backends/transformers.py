@@ -30,6 +30,7 @@ from typing import Sequence as Seq
 
 import torch
 
+from ..admission import kv_budget_bytes
 from ..errors import SecateursError
 from ..policy import Policy
 from ..sampling import sample_tokens
@@ -71,10 +72,11 @@ class TransformersBackend:
         return self.policy.kv_bytes_per_token()
 
     def kv_capacity_tokens(self) -> int | None:
-        if self.device.type == "cuda":  # 90% of free memory, as the Speculative Rejection paper sizes its batch
-            free, _ = torch.cuda.mem_get_info(self.device)
-            return int(0.9 * free / self.kv_bytes_per_token())
-        return None  # host memory: no decision point would ever come from it
+        """KV tokens a Speculative Rejection batch may fill on a GPU (admission.kv_budget_bytes: measured as
+        the authors do, the decoding rows' cache counted as free, since those rows are earlier prompts' or
+        shares of the memory); None on a CPU, where host memory would never bring a decision point."""
+        budget = kv_budget_bytes(self.device, droppable=self.kv.nbytes())
+        return None if budget is None else budget // self.kv_bytes_per_token()
 
     def decode(self, token_ids: Seq[int]) -> str:
         return self.policy.decode(token_ids)

@@ -32,7 +32,8 @@ class RewardTarget:
     beta: float = option(0.7, "CARDS / rejection sampling: sampling and soft-acceptance temperature")
     acceptance: str = option("soft", "CARDS / rejection sampling: 'soft' accepts w.p. min(1, exp((r - tau) / "
                                      "beta)), 'hard' iff r >= tau")
-    max_retries: int = option(20, "CARDS / rejection sampling: rejections before the best seen is taken")
+    max_retries: int = option(20, "CARDS / rejection sampling: rejections after which one more candidate "
+                                     "is drawn untested and the best of them all is taken (the authors')")
     r_star_samples: int = option(4, "auto r_star: plainly sampled responses per prompt")
     r_star_margin: float = option(0.5, "auto r_star = mean + margin x std of their rewards")
     acceptance_scale: str = option("literal", "CARDS / rejection sampling: 'literal' takes beta in reward units "

@@ -9,8 +9,10 @@ threshold
     tau_r(t) = min(r0 + t * (r_star - r0) / max_new_tokens, r_star),  r0 = (1 - w) r(x) + w r_star
 
 (t = response length with the segment, r(x) = the RM score of the prompt alone), softly with
-probability min(1, exp((r - tau_r) / beta)) or hard (r >= tau_r). A rejected segment is resampled
-from the same accepted prefix; after max_retries rejections the best one seen is accepted.
+probability min(1, exp((r - tau_r) / beta)) or hard (r >= tau_r). A candidate that ended at EOS is
+a complete answer and is tested against r_star itself, whatever its length. A rejected segment is resampled
+from the same accepted prefix; after max_retries rejections one more candidate is drawn and, as in
+the authors' code, the best-scoring of the max_retries + 1 is accepted untested.
 
 Beyond the authors' code: the KV cache is kept, and a rejected row is rewound to its accepted
 prefix (one token recomputed) instead of recomputing the whole sequence every token; many prompts
@@ -164,12 +166,22 @@ class Cards(TargetedPolicy):
         self.slots = self.ctx.sample(range(config.proposals), stop_rule=cutter, gang=True, keep_finished=True)
         for s in self.slots:
             s.tags["segment_start"] = 0
+        self.drawn = self.slots
 
     def on_result(self, stopped) -> None:
-        """Every proposal's segment has ended and been scored (with the accepted prefix)."""
+        """Every proposal drawn this round has ended its segment and been scored (with the accepted prefix)."""
         config, ctx = self.config, self.ctx
         winner = None
-        for s in self.slots:  # the first accepted proposal, in order, wins
+        for s in self.drawn:  # candidates in the sequential method's order: the first accepted wins
+            if self.retries >= config.max_retries:
+                # Retry cap, as the authors' code: the candidate after max_retries rejections is taken
+                # untested if it beats the best rejected one (the best of max_retries + 1).
+                winner = s
+                if self.best.score >= s.reward:  # ties: the earlier candidate, as max() over a list
+                    ctx.rewind(s, self.accepted)
+                    ctx.force(s, self.best.tokens, self.best.logprobs)
+                    s.reward = self.best.score
+                break
             self.checks += 1
             if accepts(s.reward, self._threshold(s), config, ctx.key, self.checks, self.scale):
                 winner = s
@@ -177,18 +189,11 @@ class Cards(TargetedPolicy):
             self.retries += 1
             if self.best is None or s.reward > self.best.score:
                 self.best = _Best(s.reward, s.tokens[self.accepted:], s.logprobs[self.accepted:])
-            if self.retries >= config.max_retries:
-                break
-        if winner is None and self.retries >= config.max_retries:
-            # Retry cap: restore the best segment seen into the first slot and accept it.
-            winner = self.slots[0]
-            ctx.rewind(winner, self.accepted)
-            ctx.force(winner, self.best.tokens, self.best.logprobs)
-            winner.reward = self.best.score
         if winner is None:  # rejected: every slot goes back to the accepted prefix and tries again
             for s in self.slots:
                 ctx.rewind(s, self.accepted)
-            self._next_segment()
+            # past the cap only one more candidate is needed (the sequential method's next one)
+            self._next_segment(self.slots[:1] if self.retries >= config.max_retries else self.slots)
             return
         self.segment_lengths.append(winner.length - self.accepted)
         self.rejections.append(self.retries)
@@ -202,9 +207,13 @@ class Cards(TargetedPolicy):
         for s in self.slots:  # every slot continues from the accepted prefix
             if s is not winner:
                 ctx.copy(s, winner)
-        self._next_segment()
+        self._next_segment(self.slots)
 
     def _threshold(self, seq) -> float:
+        if seq.finished:
+            # A complete answer is judged as one: tau(t) < r_star at its length would give short
+            # answers a more lenient bar than full-length ones (the authors' loop never stops at EOS).
+            return self.r_star
         tau = threshold(self.r0, self.r_star, seq.length, self.config.max_new_tokens)
         return tau - interpolate(self.prefix_gaps, seq.length) if seq.scored_partial else tau
 
@@ -219,10 +228,11 @@ class Cards(TargetedPolicy):
             gaps.setdefault(t, []).append(s.reward - partial)
         return [(t, statistics.fmean(g)) for t, g in sorted(gaps.items())]
 
-    def _next_segment(self) -> None:
+    def _next_segment(self, slots) -> None:
         for s in self.slots:
             s.tags["segment_start"] = self.accepted
-        self.ctx.extend(self.slots)
+        self.drawn = slots
+        self.ctx.extend(slots)
 
     def _details(self) -> dict:
         return {

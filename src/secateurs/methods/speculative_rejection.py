@@ -2,7 +2,7 @@
 
 Start B0 candidates per prompt. Decode until the prompt's KV budget is full (the decision point),
 score every partial response with the RM as if complete, pool the live candidates with those
-already finished, keep the top round((1 - alpha) * |pool|), and let only unfinished survivors
+already finished, keep the top round((1 - alpha) * |pool|) (ties: finished first), and let only unfinished survivors
 decode on; the freed memory lets them run about 1 / (1 - alpha) times longer before the next
 decision. Repeat until no candidate is live or max_new_tokens is reached, and answer with the
 best-scoring complete response in the final pool.
@@ -11,15 +11,18 @@ Beyond the authors' code: rejected rows are pruned from the KV cache in place (n
 text round trip); several prompts run in one batch, each rejecting only among its own candidates
 and on its own schedule; a prompt that finishes frees its rows for the next prompt's candidates.
 
-B0 (see `initial_candidates`). Without `n`, B0 comes from the KV budget M (tokens) by the authors'
-rule: the largest batch for which the prompt plus a short run of 8 tokens fits, capped at 1000:
-B0 = min(M // (P + 8), 1000). Their code (github.com/Zanette-Labs/SpeculativeRejection,
-`generate` in speculative_rejection.py) writes it as B0 = min(2 a / (P + b), 1000) with a / (L + b)
-a per-model fit of the batch that fits length L, then shrinks B0 by 10% while fewer than 8 new
-tokens fit; exact KV accounting gives the same batch without the fit (theirs lands up to 10%
-below it). B0 is capped at max_batch_rows (rows decode together); the budget is then scaled to
-those rows (M x B0 / rule's B0) so the decisions fall where the rule's B0 would put them, and
-the details say so. With `n`, B0 = n.
+B0 (`authors_b0`). Without `n`, B0 comes from the KV budget M (tokens): the largest batch for
+which the prompt plus a short run of 8 tokens fits, capped at 1000: B0 = min(M // (P + 8), 1000).
+Their code (github.com/Zanette-Labs/SpeculativeRejection, `generate` in speculative_rejection.py)
+starts from B0 = min(2 a / (P + b), 1000), with a / (L + b) a per-model fit of the batch that fits
+length L, and shrinks it by 10% while fewer than 8 new tokens fit. Where the formula exceeds what
+fits (short prompts) theirs lands up to 10% below ours; where it is below what fits (long prompts:
+the fit, measured with their code's overheads, falls faster in P than the KV memory does), no
+shrinking happens and theirs keeps the formula's smaller batch while ours is the memory maximum.
+Without their per-model a and b the formula cannot be reproduced for other models, so the memory
+maximum it approximates is used. B0 is capped at max_batch_rows (rows decode together); the budget
+is then scaled to those rows (M x B0 / rule's B0) so the decisions fall where the rule's B0 would
+put them, and the details say so. With `n`, B0 = n.
 
 The budget M (KV-cache tokens of one prompt: its live rows x their lengths, prompt included, as
 each candidate holds its own copy), in order of precedence:
@@ -31,21 +34,22 @@ each candidate holds its own copy), in order of precedence:
 - with `n` given: n x (P + first_decision_tokens), so the first decision comes that many tokens in
   (a budget of all device memory would put it past max_new_tokens whenever n candidates fit at
   full length: Best-of-n at full cost); on a GPU never more than its free memory allows;
-- else the device: on a GPU 90% of its free memory (as in the paper), on a CPU, whose RAM would
-  never bring a decision, a fixed CPU_KV_BUDGET_TOKENS per prompt (not tied to n).
+- else the device: on a GPU its free memory less the authors' 15 GiB reserve, measured as theirs
+  (admission.kv_budget_bytes: after torch.cuda.empty_cache, free + reserved - allocated, the rows
+  of earlier prompts counted as free, so B0 never depends on the prompts before); on a CPU, whose
+  RAM would never bring a decision, a fixed CPU_KV_BUDGET_TOKENS per prompt (not tied to n).
 
 The final pool (`final_pool`): finished candidates compete for the kept slots at every decision.
-'survivors' (ours, as the paper's algorithm reads): the answer is the best of the finished
-candidates still kept at the end. 'authors' (their code): a finished candidate that survived one
-decision stays eligible for the answer even if a later decision drops it. Decoding is identical;
-'authors' can only raise the answer's reward, when a finished candidate lost its slot to partial
-responses whose scores fell once complete.
+'authors' (the default, their code): a finished candidate that survived one decision stays
+eligible for the answer even if a later decision drops it. 'survivors' (the paper's algorithm read
+literally): the answer is the best of the finished candidates still kept at the end. Decoding is
+identical; 'survivors' can only lower the answer's reward, when a finished candidate lost its slot
+to partial responses whose scores fell once complete.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 from ..errors import SecateursError
@@ -63,7 +67,7 @@ MAX_B0 = 1000
 # prompt the rule gives B0 of 46-85 (the old default n was 64), so a default run costs about
 # what it did, while the decisions come where this memory fills, as on a GPU.
 CPU_KV_BUDGET_TOKENS = 4096
-FINAL_POOLS = ("survivors", "authors")
+FINAL_POOLS = ("authors", "survivors")
 
 
 @dataclass
@@ -79,8 +83,9 @@ class SpeculativeRejectionConfig(DecodingConfig):
                                                            "reject at (e.g. 16,32,64), instead of a budget")
     first_decision_tokens: int = option(16, "Speculative Rejection: with n given and no budget, the budget is "
                                             "n x (prompt + this many tokens)")
-    final_pool: str = option("survivors", "Speculative Rejection: answer from the finished candidates still kept "
-                                          "('survivors') or also those that survived any decision ('authors')")
+    final_pool: str = option("authors", "Speculative Rejection: answer from the finished candidates that survived "
+                                        "any decision ('authors', their code) or only those still kept at the end "
+                                        "('survivors')")
 
     def validate(self) -> None:
         super().validate()
@@ -117,8 +122,9 @@ class SpeculativeRejectionConfig(DecodingConfig):
 
 
 def keep_count(pool: int, alpha: float) -> int:
-    """round((1 - alpha) * pool), halves rounded up, and at least one."""
-    return max(1, math.floor((1 - alpha) * pool + 0.5))
+    """round((1 - alpha) * pool) as the authors' Python computes it (halves to even: 62 of 125 and 2 of
+    5 at alpha 0.5), and at least one."""
+    return max(1, round((1 - alpha) * pool))
 
 
 def authors_b0(budget: int, prompt_len: int) -> int:
@@ -152,7 +158,7 @@ class SpeculativeRejection(MethodPolicy):
                     f"memory_gib={config.memory_gib}")
         capacity = self.ctx.kv_capacity_tokens()
         if capacity is not None:  # as the paper: the decision point is where device memory is full
-            return capacity // config.in_flight(), "90% of free device memory"
+            return capacity // config.in_flight(), "free GPU memory - reserve"
         return CPU_KV_BUDGET_TOKENS, f"CPU default ({CPU_KV_BUDGET_TOKENS} tokens)"
 
     def _plan(self) -> tuple[int, int | None, int | None, str]:
@@ -165,7 +171,7 @@ class SpeculativeRejection(MethodPolicy):
                 f"n x (prompt + first_decision_tokens={config.first_decision_tokens})"
             capacity = self.ctx.kv_capacity_tokens()
             if capacity is not None and capacity // config.in_flight() < budget:
-                budget, source = capacity // config.in_flight(), "90% of free device memory"
+                budget, source = capacity // config.in_flight(), "free GPU memory - reserve"
         else:
             budget, source = self._device_budget()
         b0, rule = config.n, None
@@ -228,7 +234,8 @@ class SpeculativeRejection(MethodPolicy):
         if live:
             self.length = live[0].length
             # Step 4: pool = live + finished; keep the top round((1 - alpha) * |pool|) by score.
-            pool = sorted(live + self.finished, key=lambda s: -s.reward)  # stable: ties keep pool order
+            # stable: on a tie a finished candidate ranks first (as the authors' code), then by index
+            pool = sorted(self.finished + live, key=lambda s: -s.reward)
             kept = pool[:keep_count(len(pool), self.config.alpha)]
             kept_ids = {id(s) for s in kept}
             self.ctx.release([s for s in live if id(s) not in kept_ids])

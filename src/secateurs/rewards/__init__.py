@@ -18,6 +18,7 @@ from typing import Callable
 
 from ..errors import SecateursError
 from .base import CallableReward, Reward, WeightedSum, metered_score, metered_score_mixed
+from ..conversation import DEFAULT_PROMPT_FORMAT
 from .hf import HFReward, check_model_folder
 from .identity import callable_name
 from .offline import CivilityReward, RelevanceReward, SentimentReward
@@ -37,7 +38,7 @@ __all__ = ["Reward", "CallableReward", "WeightedSum", "HFReward", "RelevanceRewa
            "SentimentReward", "load_reward", "callable_name", "metered_score", "metered_score_mixed", "DEFAULT_REWARD"]
 
 
-def _load_term(spec: str, device, whole: str) -> Reward:
+def _load_term(spec: str, device, whole: str, prompt_format: str = DEFAULT_PROMPT_FORMAT) -> Reward:
     if not spec:
         raise SecateursError(f"empty term in reward spec {whole!r}")
     if spec in OFFLINE_REWARDS:
@@ -45,7 +46,7 @@ def _load_term(spec: str, device, whole: str) -> Reward:
     if spec.startswith("hf:"):
         if not spec[3:].strip():
             raise SecateursError(f"reward spec {spec!r} names no model: use hf:MODEL_ID or hf:/path/to/folder")
-        return HFReward(spec[3:], device=device)
+        return HFReward(spec[3:], device=device, prompt_format=prompt_format)
     if spec.startswith("py:"):
         module_name, _, attr = spec[3:].rpartition(":")
         if not module_name or not attr:
@@ -64,7 +65,7 @@ def _load_term(spec: str, device, whole: str) -> Reward:
             raise SecateursError(f"reward function {spec!r} is a {type(fn).__name__}, not a function")
         return CallableReward(fn, name=spec)
     if Path(spec).expanduser().is_dir():
-        return HFReward(spec, device=device)
+        return HFReward(spec, device=device, prompt_format=prompt_format)
     check_model_folder(spec)
     raise SecateursError(
         f"unknown reward {spec!r}: use default, {', '.join(OFFLINE_REWARDS)}, hf:MODEL, py:MODULE:FUNCTION, "
@@ -72,9 +73,11 @@ def _load_term(spec: str, device, whole: str) -> Reward:
     )
 
 
-def load_reward(spec: str | Reward | Callable | None = None, device=None) -> Reward:
+def load_reward(spec: str | Reward | Callable | None = None, device=None,
+                prompt_format: str = DEFAULT_PROMPT_FORMAT) -> Reward:
     """Build a reward from a spec string (see module doc), a Reward, or a plain Python function
-    (named by `callable_name`: different functions never share a name, so never share results)."""
+    (named by `callable_name`: different functions never share a name, so never share results).
+    `prompt_format`: how a reward model without a chat template reads the conversation (hh, plain)."""
     if isinstance(spec, Reward):
         return spec
     if callable(spec):
@@ -91,7 +94,7 @@ def load_reward(spec: str | Reward | Callable | None = None, device=None) -> Rew
             raise SecateursError(f"bad weight {weight_text!r} in reward {text!r}") from None
         if not math.isfinite(weight):
             raise SecateursError(f"bad weight {weight_text!r} in reward {text!r}: must be a finite number")
-        terms.append((weight, _load_term(name.strip(), device, text)))
+        terms.append((weight, _load_term(name.strip(), device, text, prompt_format)))
     if len(terms) == 1 and terms[0][0] == 1.0:
         reward = terms[0][1]
     else:

@@ -1,7 +1,9 @@
 """A Hugging Face sequence-classification reward model (Skywork-Reward, ArmoRM-style heads, ...).
 
-The RM reads the conversation with its own tokenizer and chat template: the policy's token ids
-are never passed to it, so policy and RM may have different vocabularies.
+The RM reads the whole conversation with its own tokenizer and chat template: the policy's token ids
+are never passed to it, so policy and RM may have different vocabularies. An RM without a chat
+template reads it in `prompt_format` (secateurs.conversation; hh: the HH-RLHF transcript, as the
+CARDS paper's Llama-7B RM was trained on).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..conversation import DEFAULT_PROMPT_FORMAT, check_prompt_format, hh_transcript, plain_text
 from ..errors import SecateursError
 from ..models import resolve_device, resolve_dtype
 from .base import Reward, length_buckets
@@ -35,10 +38,11 @@ def check_model_folder(spec: str) -> None:
 
 class HFReward(Reward):
     def __init__(self, model_name_or_path: str | Path, device=None, dtype=None, batch_size: int = 16,
-                 max_length: int | None = None, label_index: int = 0):
+                 max_length: int | None = None, label_index: int = 0, prompt_format: str = DEFAULT_PROMPT_FORMAT):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self.name = f"hf:{model_name_or_path}"
+        self.prompt_format = check_prompt_format(prompt_format)
         spec = str(model_name_or_path)
         if isinstance(model_name_or_path, Path):
             spec = spec if looks_like_path(spec) else "./" + spec
@@ -56,6 +60,8 @@ class HFReward(Reward):
             lines = str(e).strip().splitlines()
             raise SecateursError(f"unknown reward model {str(model_name_or_path)!r}: "
                                  f"{lines[0] if lines else type(e).__name__}") from None
+        if prompt_format != DEFAULT_PROMPT_FORMAT and not getattr(self.tokenizer, "chat_template", None):
+            self.name = f"{self.name} [{prompt_format}]"  # another format scores differently: another name
         if label_index >= self.model.config.num_labels:
             raise SecateursError(f"label_index {label_index} out of range for {self.model.config.num_labels} labels")
         self.device = dev
@@ -69,8 +75,10 @@ class HFReward(Reward):
         if getattr(self.tokenizer, "chat_template", None):
             text = self.tokenizer.apply_chat_template(conversation, tokenize=False)
             ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        else:
-            ids = self.tokenizer(prompt.text, response)["input_ids"]  # a (prompt, response) text pair
+        elif self.prompt_format == "hh":  # the whole transcript, the response as the last assistant turn
+            ids = self.tokenizer(hh_transcript(conversation, cue=False))["input_ids"]
+        else:  # a (whole conversation, response) text pair
+            ids = self.tokenizer(plain_text(prompt.messages), response)["input_ids"]
         # Keep the end (the response) when the conversation is over-long.
         return list(ids[-self.max_length:])
 
