@@ -85,13 +85,15 @@ class ParticleFiltering(MethodPolicy):
         self.plan = StepPlan(self.ctx, self.config.step)
         # Particle i starts as Best-of-N's sample i; finished particles keep their rows (they may be copied).
         self.particles = self.plan.start(range(self.config.n), keep_finished=True)
-        self.history = {"ess": [], "resampled": [], "parents": []}
+        self.history = {"scores": [], "ess": [], "resampled": [], "parents": []}
 
     def on_idle(self, stopped) -> None:
         config, ctx = self.config, self.ctx
-        w = weights([p.reward for p in self.particles], config.weight_temperature)
+        scores = [p.reward for p in self.particles]
+        w = weights(scores, config.weight_temperature)
         ess = float(1.0 / np.sum(w**2))
         step = len(self.history["ess"])
+        self.history["scores"].append(scores)
         self.history["ess"].append(ess)
         resample = ess < config.ess_threshold * config.n - 1e-9 and any(not p.finished for p in self.particles)
         self.history["resampled"].append(resample)
