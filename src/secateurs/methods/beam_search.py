@@ -21,7 +21,7 @@ from .steps import STEP_HELP, StepPlan, check_step
 
 @dataclass
 class BeamSearchConfig(DecodingConfig):
-    n: int = option(16, "beam search: rows per prompt (beams x beam_width)")
+    n: int = option(16, "rows per prompt (beams x beam_width)")
     beam_width: int = option(4, "beam search: rows each kept beam expands into at every step (M)")
     step: str = option("entropy", "particle filtering / beam search: " + STEP_HELP)
 

@@ -34,7 +34,7 @@ ANSWERS = ("best", "weighted")
 
 @dataclass
 class ParticleFilteringConfig(DecodingConfig):
-    n: int = option(16, "particle filtering: particles per prompt")
+    n: int = option(16, "particles per prompt")
     step: str = option("entropy", "particle filtering / beam search: " + STEP_HELP)
     ess_threshold: float = option(1.0, "particle filtering: resample when the effective sample size falls below "
                                        "this fraction of n (1: at every step unless the weights are equal; 0: never)")

@@ -24,7 +24,7 @@ from .speculative_rejection import SpeculativeRejection, SpeculativeRejectionCon
 class TreeSearchConfig(SpeculativeRejectionConfig):
     branching: int = option(2, "tree search: rows per unfinished survivor after a decision (itself and its forks "
                                "into rejected rows); 1 is Speculative Rejection")
-    depth: int | None = option(None, "tree search: decisions that refill (default: every one)")
+    depth: int | None = option(None, "tree search: how many decisions refill (default: all)")
 
     def validate(self) -> None:
         super().validate()
