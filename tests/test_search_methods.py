@@ -204,3 +204,61 @@ def test_python_names_bad_values():
         get_method("tree-search").config_class(branching=0)
     with pytest.raises(SecateursError, match=r"beam_width \(5\) must be at most n \(4\)"):
         get_method("beam-search").config_class(n=4, beam_width=5)
+
+
+# --- prm: rewards ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_prm_folder(tmp_path_factory):
+    """A tiny random Llama token-classification PRM (2 classes) with the character tokenizer; '|' is
+    its step separator."""
+    import torch
+    from conftest import char_tokenizer
+    from transformers import LlamaConfig, LlamaForTokenClassification
+
+    tok = char_tokenizer()
+    torch.manual_seed(2)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, num_labels=2,
+                         pad_token_id=0)
+    folder = tmp_path_factory.mktemp("tiny_prm")
+    LlamaForTokenClassification(config).eval().save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def test_prm_scores_every_step_in_one_forward(tiny_prm_folder):
+    prompt = PROMPTS[0]
+    steps = ["heat the water", "add a leaf", "wait 3 minutes"]
+    response = "\n\n".join(steps)
+    last = load_reward(f"prm:{tiny_prm_folder}?aggregate=last&separator=|")
+    # the PRM is causal: the score at step k's separator is what the prefix of k steps gets as its last step
+    per_step = [last.score([prompt], ["\n\n".join(steps[:k + 1])])[0] for k in range(3)]
+    assert len(set(per_step)) == 3
+    for aggregate, expected in [("min", min(per_step)), ("last", per_step[-1]),
+                                ("product", per_step[0] * per_step[1] * per_step[2])]:
+        prm = load_reward(f"prm:{tiny_prm_folder}?aggregate={aggregate}&separator=|")
+        forwards = []
+        prm.model.register_forward_hook(lambda *_: forwards.append(1))
+        assert prm.score([prompt], [response])[0] == pytest.approx(expected, rel=1e-5)
+        assert len(forwards) == 1
+    # blank steps are no steps; the step texts are what is read, whatever surrounds them
+    assert last.score([prompt], [response + "\n\n\n\n"])[0] == pytest.approx(per_step[-1], rel=1e-5)
+
+
+def test_prm_guides_particle_filtering(tiny_policy, tiny_prm_folder):
+    prm = load_reward(f"prm:{tiny_prm_folder}?separator=|&split= the ")
+    [r] = run("particle-filtering", tiny_policy, prm, prompts=PROMPTS[:1], n=4, step="4", max_new_tokens=12)
+    assert 0 < r.reward < 1 and r.details["steps"] == 3
+
+
+@pytest.mark.parametrize("query, message", [
+    ("?aggregate=mean&separator=|", "PRM aggregate must be one of min, last, product, got 'mean'"),
+    ("?separator=<none>", "PRM separator '<none>' is not one token"),
+    ("?sep=|", "unknown PRM option(s) ['sep']"),
+    ("?separator=|&label=2", "PRM label must be a class index below 2, got '2'"),
+])
+def test_prm_bad_options_are_one_line(tiny_prm_folder, query, message):
+    with pytest.raises(SecateursError) as err:
+        load_reward(f"prm:{tiny_prm_folder}{query}")
+    assert message in str(err.value) and "\n" not in str(err.value)
