@@ -2,7 +2,7 @@
 (LM tokens fed, prefill included; tokens generated; RM calls) on AlpacaFarm prompts.
 
     OMP_NUM_THREADS=1 PYTHONPATH=src python benchmarks/search.py [--prompts 20] [--max-new-tokens 128] \
-        [--n 8] [--methods "pf entropy,tree b2"] [--out-dir benchmarks/out/search]
+        [--n 8] [--step-tokens 16] [--methods "pf entropy,tree b2"] [--out-dir benchmarks/out/search]
 
 The first --prompts prompts of ../shared/data/alpaca_farm_100.json, the default policy and reward,
 seed 0, one max_new_tokens for every method, every search method with n rows per prompt. Each run
@@ -19,7 +19,7 @@ from statistics import mean
 from common import MethodRuns
 
 
-def methods(n: int) -> list[tuple[str, str, dict]]:
+def methods(n: int, step: int) -> list[tuple[str, str, dict]]:
     return [
         ("best-of-1", "best-of-n", dict(n=1)),
         (f"best-of-{n // 2}", "best-of-n", dict(n=n // 2)),
@@ -28,10 +28,10 @@ def methods(n: int) -> list[tuple[str, str, dict]]:
         ("speculative rejection", "speculative-rejection", dict(n=n)),
         ("cards", "cards", {}),
         ("pf entropy", "particle-filtering", dict(n=n)),
-        ("pf 16 tokens", "particle-filtering", dict(n=n, step="16")),
-        ("pf 16 tokens ess 0.5", "particle-filtering", dict(n=n, step="16", ess_threshold=0.5)),
+        (f"pf {step} tokens", "particle-filtering", dict(n=n, step=str(step))),
+        (f"pf {step} tokens ess 0.5", "particle-filtering", dict(n=n, step=str(step), ess_threshold=0.5)),
         ("tree b2", "tree-search", dict(n=n, branching=2)),
-        ("beam 16 tokens", "beam-search", dict(n=n, beam_width=max(1, n // 4), step="16")),
+        (f"beam {step} tokens", "beam-search", dict(n=n, beam_width=max(1, n // 2), step=str(step))),
     ]
 
 
@@ -40,10 +40,11 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--n", type=int, default=8, help="rows per prompt of the search methods (Best-of-N: n/2, n, 2n)")
+    parser.add_argument("--step-tokens", type=int, default=16, help="the fixed step of the token-count variants")
     parser.add_argument("--methods", default=None, help="comma-separated names from the table (default: all)")
     parser.add_argument("--out-dir", type=Path, default=Path("benchmarks/out/search"))
     args = parser.parse_args()
-    chosen = methods(args.n)
+    chosen = methods(args.n, args.step_tokens)
     if args.methods:
         wanted = [m.strip() for m in args.methods.split(",")]
         unknown = sorted(set(wanted) - {name for name, _, _ in chosen})
