@@ -11,6 +11,7 @@ from cli_main import run_main
 from secateurs.errors import SecateursError
 from secateurs.methods import BestOfNConfig, SpeculativeRejectionConfig, get_method
 from secateurs.methods.forks import assign_slots
+from secateurs.methods.particle_filtering import weighted_vote
 from secateurs.prompts import make_prompts
 from secateurs.rewards import CallableReward, load_reward
 from secateurs.runner import run_prompts
@@ -104,12 +105,14 @@ def test_ess_threshold_zero_never_resamples_and_is_best_of_n(tiny_policy, reward
         assert (p.response, p.reward, p.details["best_index"]) == (b.response, b.reward, b.details["best_index"])
 
 
-def test_weighted_vote_pools_equal_responses(endless):
-    # one step as long as the response and a cold softmax: the one copied particle wins the vote
-    [r] = run("particle-filtering", endless, load_reward("sentiment"), prompts=PROMPTS[:1], n=4, step="3",
-              weight_temperature=1e-4, max_new_tokens=6, answer="weighted")
-    assert r.details["resampled"][0]
-    assert r.details["best_index"] in r.details["parents"][0]
+def test_weighted_vote_pools_equal_responses(endless, reward):
+    # 'a' twice outweighs 'b', the single best: exp(1) + exp(1.2) > exp(1.5)
+    assert weighted_vote(["a", "b", "a"], [1.0, 1.5, 1.2], 1.0) == 0
+    assert weighted_vote(["a", "b", "a"], [1.0, 2.0, 1.2], 1.0) == 1
+    best, vote = (run("particle-filtering", endless, reward, prompts=PROMPTS[:1], n=4, step="3", max_new_tokens=6,
+                      answer=answer)[0] for answer in ("best", "weighted"))
+    assert best.details["particle_rewards"] == vote.details["particle_rewards"]  # same particles, same run
+    assert vote.reward <= best.reward
 
 
 # --- tree search -------------------------------------------------------------------------------

@@ -76,6 +76,15 @@ def systematic_resample(w: np.ndarray, u: float) -> list[int]:
     return np.searchsorted(cumulative, (u + np.arange(n)) / n, side="right").tolist()
 
 
+def weighted_vote(responses: list, rewards: list[float], temperature: float) -> int:
+    """Index of the first response of the group of equal responses with the most total weight."""
+    votes: dict = {}
+    for response, w in zip(responses, weights(rewards, temperature)):
+        votes[response] = votes.get(response, 0.0) + w
+    winner = max(votes, key=votes.get)  # ties: the first in slot order
+    return responses.index(winner)
+
+
 @register("particle-filtering", ParticleFilteringConfig,
           "N particles advance step by step, resampled by partial reward (Puri et al. 2025)")
 class ParticleFiltering(MethodPolicy):
@@ -113,12 +122,7 @@ class ParticleFiltering(MethodPolicy):
         rewards = [p.reward for p in self.particles]
         if self.config.answer == "best":
             best = max(range(len(rewards)), key=lambda i: (rewards[i], -i))
-        else:  # weighted vote: equal responses pool their weights; the first slot of the winner answers
-            w = weights(rewards, self.config.weight_temperature)
-            votes: dict[tuple, float] = {}
-            for p, wi in zip(self.particles, w):
-                votes[tuple(p.tokens)] = votes.get(tuple(p.tokens), 0.0) + wi
-            winner = max(votes, key=votes.get)  # ties: the first in slot order
-            best = next(i for i, p in enumerate(self.particles) if tuple(p.tokens) == winner)
+        else:
+            best = weighted_vote([tuple(p.tokens) for p in self.particles], rewards, self.config.weight_temperature)
         return self.outcome(self.particles[best], best_index=best, particle_rewards=rewards,
                             steps=len(self.history["ess"]), **self.history)
