@@ -7,7 +7,8 @@ import importlib
 
 from .base import REGISTRY, DecodingConfig, Method, MethodPolicy, Outcome, get_method, method_names, option
 
-METHOD_MODULES = ("sampling", "best_of_n", "speculative_rejection", "cards", "rejection_sampling", "args")
+METHOD_MODULES = ("sampling", "best_of_n", "speculative_rejection", "cards", "rejection_sampling", "args",
+                  "particle_filtering", "tree_search", "beam_search")
 
 
 def _load_all() -> None:

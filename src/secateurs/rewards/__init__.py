@@ -4,6 +4,7 @@ Reward specs (CLI --reward, API reward=):
   default                     the built-in offline reward (see DEFAULT_REWARD)
   relevance | civility | sentiment   one packaged offline scorer (rewards/offline.py)
   hf:NAME_OR_PATH             a Hugging Face sequence-classification RM (an existing folder also works)
+  prm:NAME_OR_PATH[?OPTIONS]  a token-classification process RM scoring each step (rewards/prm.py)
   py:MODULE:FUNCTION          a Python function fn(prompt_text, response) -> float
   TERM+TERM...                a weighted sum, each TERM being [WEIGHT*]SPEC, e.g. relevance+0.5*civility
 """
@@ -22,6 +23,7 @@ from ..conversation import DEFAULT_PROMPT_FORMAT
 from .hf import HFReward, check_model_folder
 from .identity import callable_name
 from .offline import CivilityReward, RelevanceReward, SentimentReward
+from .prm import PRMReward
 
 # Chosen by benchmarks/rewards.py (pairwise accuracy on labelled good/bad answers): relevance
 # separates on-topic from off-topic, empty and degenerate answers; civility adds what relevance
@@ -35,7 +37,7 @@ OFFLINE_REWARDS: dict[str, Callable[[], Reward]] = {
 }
 
 __all__ = ["Reward", "CallableReward", "WeightedSum", "HFReward", "RelevanceReward", "CivilityReward",
-           "SentimentReward", "load_reward", "callable_name", "metered_score", "metered_score_mixed", "DEFAULT_REWARD"]
+           "SentimentReward", "PRMReward", "load_reward", "callable_name", "metered_score", "metered_score_mixed", "DEFAULT_REWARD"]
 
 
 def _load_term(spec: str, device, whole: str, prompt_format: str = DEFAULT_PROMPT_FORMAT) -> Reward:
@@ -47,6 +49,10 @@ def _load_term(spec: str, device, whole: str, prompt_format: str = DEFAULT_PROMP
         if not spec[3:].strip():
             raise SecateursError(f"reward spec {spec!r} names no model: use hf:MODEL_ID or hf:/path/to/folder")
         return HFReward(spec[3:], device=device, prompt_format=prompt_format)
+    if spec.startswith("prm:"):
+        if not spec[4:].partition("?")[0].strip():
+            raise SecateursError(f"reward spec {spec!r} names no model: use prm:MODEL_ID or prm:/path/to/folder")
+        return PRMReward(spec[4:], device=device)
     if spec.startswith("py:"):
         module_name, _, attr = spec[3:].rpartition(":")
         if not module_name or not attr:
