@@ -24,7 +24,8 @@ from .results import AlignResult
 
 # Cost fields that measure time or memory: they differ between runs of the same configuration.
 _MEASURED = ("seconds", "lm_seconds", "rm_seconds", "other_seconds", "peak_memory_bytes",
-             "lm_positions_prefilled", "lm_positions_decoded")  # positions: padding depends on the batch
+             "lm_positions_prefilled", "lm_positions_decoded",  # positions: padding depends on the batch
+             "rm_positions")  # and the RM's reuse on what it read before
 
 
 def _comparable(record: dict[str, Any]) -> dict[str, Any]:
