@@ -80,7 +80,7 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
         encoded[p.id] = encode_prompt(policy, p, config)
     # A setting whose largest batch cannot fit fails now, not in the allocator (vLLM sizes its own cache).
     if encoded and (backend is None or backend.name == "transformers"):
-        check_memory(policy, config, [len(ids) for ids in encoded.values()])
+        check_memory(policy, config, [len(ids) for ids in encoded.values()], reward=reward)
     fingerprint = run_fingerprint(method, config, policy, reward, seed, backend)
     # Locks the output, refuses a foreign file, another configuration or changed prompts.
     done, writer = open_results(Path(out), fingerprint, prompts) if out is not None else ({}, None)

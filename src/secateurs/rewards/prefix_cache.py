@@ -52,6 +52,7 @@ class PrefixCache:
     def __init__(self, model, max_tokens: int):
         self.model = model
         self.base = getattr(model, model.base_model_prefix)
+        self.block = BLOCK
         self.max_blocks = max(0, max_tokens // BLOCK)
         self.device = next(model.parameters()).device
         params = inspect.signature(self.base.forward).parameters
