@@ -87,9 +87,10 @@ class PrefixCache:
     def score(self, texts: list[list[int]], label_index: int = 0) -> tuple[list[float], list[int]]:
         """Scores (logit `label_index`) of token-id texts, and the positions the RM computed for each.
 
-        Depth by depth (block k of every text at once), one row per distinct token prefix: the
-        responses to one prompt share the rows of its head, computed once, and split where they differ.
-        A shared block's positions count against the first text that needed it."""
+        The texts form a tree of shared block prefixes: each stretch of blocks shared by the same texts
+        (the prompt's head shared by all its responses, then each response's own blocks) is computed
+        once, in one forward for all the stretches that start at the same block and have the same width
+        in whole blocks. A stretch's positions count against the first text that needed it."""
         n = len(texts)
         scores: list[float | None] = [None] * n
         positions = [0] * n
@@ -99,68 +100,84 @@ class PrefixCache:
         def key(t: int, depth: int):  # a full block: its prefix's digest; a text's last, partial block: the text
             return digests[t][depth] if depth < len(digests[t]) else tuple(texts[t])
 
-        start = [0] * n  # first block to compute; the blocks before it come from the cache
-        cached: list[list] = [[] for _ in range(n)]
+        # work[depth]: groups of texts sharing blocks 0..depth-1, with those blocks' keys / values per layer
+        work: dict[int, list[tuple[list[int], list]]] = {}
+        groups: dict = {}  # (depth, digest of the cached prefix) -> the group's texts
         for t in range(n):
+            cached = []
             for digest in digests[t]:
                 entry = self._get(digest)
                 if entry is None:
                     break
-                cached[t].append(entry[0])
-                start[t] += 1
-            if start[t] == n_blocks[t]:  # every block read before, the last one full: its score is known
+                cached.append(entry[0])
+            if len(cached) == n_blocks[t]:  # every block read before, the last one full: its score is known
                 scores[t] = self._get(digests[t][-1])[1]
-        row_keys: list = []  # the prefix each running row holds
-        running: list = []  # per layer (keys, values) of the running rows: [rows, heads, depth * BLOCK, dim]
-        for depth in range(max(n_blocks)):
-            active = [t for t in range(n) if scores[t] is None and start[t] <= depth < n_blocks[t]]
-            first: dict = {}  # row key -> the first text that needs it
-            for t in active:
-                first.setdefault(key(t, depth), t)
-            carried = [(k, row_keys.index(key(t, depth - 1))) for k, t in first.items() if start[t] < depth]
-            joining = [(k, t) for k, t in first.items() if start[t] == depth]
-            parts = []
-            if carried and running:
-                index = torch.tensor([r for _, r in carried], dtype=torch.long, device=self.device)
-                parts.append([(k.index_select(0, index), v.index_select(0, index)) for k, v in running])
-            if joining and depth > 0:
-                parts.append([_stack([cached[t] for _, t in joining], layer) for layer in range(len(cached[joining[0][1]][0]))])
-            running = parts[0] if len(parts) == 1 else [
-                (torch.cat([a[0], b[0]]), torch.cat([a[1], b[1]])) for a, b in zip(*parts)] if parts else []
-            row_keys = [k for k, _ in carried] + [k for k, _ in joining]
-            if not row_keys:
                 continue
-            reps = [first[k] for k in row_keys]
-            chunk = torch.zeros(len(reps), BLOCK, dtype=torch.long)
-            mask = torch.ones(len(reps), (depth + 1) * BLOCK, dtype=torch.long)
-            sizes = []
-            for r, t in enumerate(reps):
-                block = texts[t][depth * BLOCK:(depth + 1) * BLOCK]
-                chunk[r, :len(block)] = torch.tensor(block, dtype=torch.long)
-                mask[r, depth * BLOCK + len(block):] = 0
-                sizes.append(len(block))
-                positions[t] += BLOCK
-            position_ids = torch.arange(depth * BLOCK, (depth + 1) * BLOCK).expand(len(reps), -1)
-            cache = cache_from_layers(running)  # the forward appends this block's keys and values to it
-            out = self.base(input_ids=chunk.to(self.device), attention_mask=mask.to(self.device),
-                            position_ids=position_ids.to(self.device), use_cache=True, **{self._cache_kwarg: cache})
-            logits = self.model.score(out.last_hidden_state)[..., label_index].float().cpu()
-            running = layers_of(cache)
-            row_of = {k: r for r, k in enumerate(row_keys)}
-            for t in active:
-                if depth == n_blocks[t] - 1:
-                    r = row_of[key(t, depth)]
-                    scores[t] = float(logits[r, sizes[r] - 1])
-            for r, (k, t) in enumerate(zip(row_keys, reps)):
-                if sizes[r] == BLOCK:  # a full block: keep it (cloned: a view would pin the whole batch)
-                    layers = [(keys[r:r + 1, :, depth * BLOCK:].clone(), values[r:r + 1, :, depth * BLOCK:].clone())
-                              for keys, values in running]
-                    self._put(k, layers, float(logits[r, BLOCK - 1]))
+            depth = len(cached)
+            where = (depth, digests[t][depth - 1] if depth else None)
+            if where not in groups:
+                groups[where] = [t]
+                work.setdefault(depth, []).append((groups[where], _join(cached)))
+            else:
+                groups[where].append(t)
+        while work:
+            depth = min(work)
+            by_width: dict[int, list] = {}  # one forward per width (padded to whole blocks): a stretch's shape
+            for texts_, past in work.pop(depth):  # depends on its own length only, as in length_buckets
+                for group in _split(texts_, lambda t: key(t, depth)):
+                    end = depth + 1  # the stretch: blocks the whole group shares, up to where it splits or ends
+                    while end < n_blocks[group[0]] and len({key(t, end) for t in group}) == 1:
+                        end += 1
+                    width = -(-(min(len(texts[group[0]]), end * BLOCK) - depth * BLOCK) // BLOCK) * BLOCK
+                    by_width.setdefault(width, []).append((group, past, end))
+            for width, items in sorted(by_width.items()):
+                self._forward(texts, items, depth, width, label_index, digests, n_blocks, scores, positions, work)
         return scores, positions
 
+    def _forward(self, texts, items, depth, width, label_index, digests, n_blocks, scores, positions, work) -> None:
+        """Run stretches of one width starting at block `depth`; keep their full blocks, score the texts
+        that end, and queue the groups that go on."""
+        chunk = torch.zeros(len(items), width, dtype=torch.long)
+        mask = torch.ones(len(items), depth * BLOCK + width, dtype=torch.long)
+        for r, (group, _, end) in enumerate(items):
+            piece = texts[group[0]][depth * BLOCK:end * BLOCK]
+            chunk[r, :len(piece)] = torch.tensor(piece, dtype=torch.long)
+            mask[r, depth * BLOCK + len(piece):] = 0
+            positions[group[0]] += width
+        running = [] if depth == 0 else [
+            (torch.cat([p[layer][0] for _, p, _ in items]), torch.cat([p[layer][1] for _, p, _ in items]))
+            for layer in range(len(items[0][1]))]
+        cache = cache_from_layers(running)  # the forward appends the stretches' keys and values to it
+        position_ids = torch.arange(depth * BLOCK, depth * BLOCK + width).expand(len(items), -1)
+        out = self.base(input_ids=chunk.to(self.device), attention_mask=mask.to(self.device),
+                        position_ids=position_ids.to(self.device), use_cache=True, **{self._cache_kwarg: cache})
+        logits = self.model.score(out.last_hidden_state)[..., label_index].float().cpu()
+        layers = layers_of(cache)
+        for r, (group, _, end) in enumerate(items):
+            row = [(k[r:r + 1], v[r:r + 1]) for k, v in layers]
+            for b in range(depth, min(end, len(digests[group[0]]))):  # keep the full blocks (cloned: a view
+                block = [(k[:, :, b * BLOCK:(b + 1) * BLOCK].clone(),  # would pin the whole batch)
+                          v[:, :, b * BLOCK:(b + 1) * BLOCK].clone()) for k, v in row]
+                self._put(digests[group[0]][b], block, float(logits[r, (b + 1 - depth) * BLOCK - 1]))
+            for t in group:
+                if n_blocks[t] == end:
+                    scores[t] = float(logits[r, len(texts[t]) - depth * BLOCK - 1])
+            on = [t for t in group if n_blocks[t] > end]
+            if on:
+                past = [(k[:, :, :end * BLOCK].clone(), v[:, :, :end * BLOCK].clone()) for k, v in row]
+                work.setdefault(end, []).append((on, past))
 
-def _stack(blocks_per_text: list[list], layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rows of the given texts' cached blocks of one layer, each text's blocks joined along its columns."""
-    keys = torch.cat([torch.cat([b[layer][0] for b in blocks], dim=2) for blocks in blocks_per_text])
-    values = torch.cat([torch.cat([b[layer][1] for b in blocks], dim=2) for blocks in blocks_per_text])
-    return keys, values
+
+def _split(items: list[int], by) -> list[list[int]]:
+    groups: dict = {}
+    for t in items:
+        groups.setdefault(by(t), []).append(t)
+    return list(groups.values())
+
+
+def _join(blocks: list) -> list:
+    """One text's cached blocks as per-layer keys / values [1, heads, blocks * BLOCK, dim] (none: [])."""
+    if not blocks:
+        return []
+    return [(torch.cat([b[layer][0] for b in blocks], dim=2), torch.cat([b[layer][1] for b in blocks], dim=2))
+            for layer in range(len(blocks[0]))]
