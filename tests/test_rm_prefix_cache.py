@@ -144,3 +144,19 @@ def test_a_block_is_reused_only_after_the_same_tokens(rm_folder):
     longer = response + " and more"
     for p in (a, b):
         assert rm.score([p], [longer]) == pytest.approx(plain.score([p], [longer]), **TOLERANCE)
+
+
+def test_vllm_reward_without_vllm_says_what_to_install(rm_folder, monkeypatch):
+    import importlib.util
+
+    from secateurs.backends.vllm import INSTALL_HINT
+    from secateurs.errors import SecateursError
+    from secateurs.rewards import load_reward
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else real(name, *a))
+    with pytest.raises(SecateursError) as err:
+        load_reward(f"vllm:{rm_folder}")
+    assert str(err.value) == INSTALL_HINT
+    with pytest.raises(SecateursError, match="names no model"):
+        load_reward("vllm:")

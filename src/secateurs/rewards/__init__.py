@@ -4,6 +4,7 @@ Reward specs (CLI --reward, API reward=):
   default                     the built-in offline reward (see DEFAULT_REWARD)
   relevance | civility | sentiment   one packaged offline scorer (rewards/offline.py)
   hf:NAME_OR_PATH             a Hugging Face sequence-classification RM (an existing folder also works)
+  vllm:NAME_OR_PATH           the same RM served by vLLM's pooling runner, prefix caching on (rewards/vllm.py)
   py:MODULE:FUNCTION          a Python function fn(prompt_text, response) -> float
   TERM+TERM...                a weighted sum, each TERM being [WEIGHT*]SPEC, e.g. relevance+0.5*civility
 """
@@ -46,6 +47,13 @@ def _load_term(spec: str, device, whole: str) -> Reward:
         if not spec[3:].strip():
             raise SecateursError(f"reward spec {spec!r} names no model: use hf:MODEL_ID or hf:/path/to/folder")
         return HFReward(spec[3:], device=device)
+    if spec.startswith("vllm:"):
+        if not spec[5:].strip():
+            raise SecateursError(f"reward spec {spec!r} names no model: use vllm:MODEL_ID or vllm:/path/to/folder")
+        check_model_folder(spec[5:])
+        from .vllm import VllmReward
+
+        return VllmReward(spec[5:], device=device)
     if spec.startswith("py:"):
         module_name, _, attr = spec[3:].rpartition(":")
         if not module_name or not attr:
@@ -67,7 +75,7 @@ def _load_term(spec: str, device, whole: str) -> Reward:
         return HFReward(spec, device=device)
     check_model_folder(spec)
     raise SecateursError(
-        f"unknown reward {spec!r}: use default, {', '.join(OFFLINE_REWARDS)}, hf:MODEL, py:MODULE:FUNCTION, "
+        f"unknown reward {spec!r}: use default, {', '.join(OFFLINE_REWARDS)}, hf:MODEL, vllm:MODEL, py:MODULE:FUNCTION, "
         "a reward model folder, or a weighted sum such as relevance+0.5*civility"
     )
 

@@ -1,13 +1,15 @@
 """Prefix reuse for decoder reward models: a partial response scored again later, and every response
 to the same prompt, costs the RM only the tokens it has not read before.
 
-A text's RM tokens are always run in blocks of BLOCK tokens at the same boundaries (multiples of
-BLOCK from its first token), each block attending to the keys and values of the blocks before it,
-whether those come from this cache or are computed in the same call. So a text's score depends on its
-own tokens only, never on what was cached before it (the order requests came in, what shared their
-batch); it equals the from-scratch score within float rounding (1e-5 relative in fp32, checked by the
-tests). The keys and values of a full block depend on every token up to its end, so a block is kept
-under a digest of that whole token prefix: when the RM's tokenizer retokenises the end of a prefix
+A text's RM tokens are split into blocks of BLOCK tokens at fixed boundaries (multiples of BLOCK
+from its first token). The keys and values of its leading blocks come from the cache where it holds
+them; the rest is computed in stretches that attend to them, each stretch of blocks shared by several
+texts of the call (the prompt's head, shared by all its responses) computed once. Attention with a
+cache computes the same function as one forward over the whole text, so a score equals the
+from-scratch score to float rounding, whatever was cached (1e-6 relative in fp32 on a CPU, where the
+tests find them bitwise equal; the forwards' shapes, which depend on what was cached, decide the last
+bits, as a batch's rows already do).
+The keys and values of a full block depend on every token up to its end, so a block is kept under a digest of that whole token prefix: when the RM's tokenizer retokenises the end of a prefix
 once text is appended (a merged boundary token), only the blocks before the first changed token are
 shared. The prompt and its chat-template head are the first blocks of every response to it; CARDS'
 accepted prefix and a Speculative Rejection survivor's earlier text are the first blocks of their next
