@@ -149,7 +149,7 @@ def test_a_block_is_reused_only_after_the_same_tokens(rm_folder):
 def test_vllm_reward_without_vllm_says_what_to_install(rm_folder, monkeypatch):
     import importlib.util
 
-    from secateurs.backends.vllm import INSTALL_HINT
+    from secateurs.rewards.vllm import INSTALL_HINT
     from secateurs.errors import SecateursError
     from secateurs.rewards import load_reward
 

