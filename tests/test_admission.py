@@ -88,3 +88,27 @@ def test_the_cli_refuses_before_generating_and_writes_nothing(tiny_policy_folder
                          "--out", out)
     assert code == 0, err
     assert len(out.read_text().splitlines()) == 1
+
+
+def test_a_reward_model_on_the_policys_device_is_counted_before_the_rows(tiny_policy, tiny_rm_folder):
+    from secateurs.rewards import load_reward
+    from secateurs.rewards.hf import HFReward
+
+    rm = HFReward(tiny_rm_folder)  # on the CPU, as the tiny policy
+    config = build_config("best-of-n", {"n": 64, "max_batch_rows": 64, "max_new_tokens": 8})
+    per_row = 38 * tiny_policy.kv_bytes_per_token() + admission.vocab_size(tiny_policy) * 4 * admission.LOGITS_BUFFERS
+    rm_bytes = admission.reward_bytes(rm, tiny_policy.device, 38, rows=64)
+    # a decoder RM: a batch's activations, its keys and values, and what its prefix cache keeps of 64 texts
+    kv = 2 * 2 * 2 * 8 * 4  # K and V, 2 layers, 2 KV heads of 8 dims, fp32
+    assert rm_bytes == 16 * 38 * max(32 * 4, 64 * 2) * 4 + (16 * 38 + 64 * 38) * kv
+    assert admission.reward_bytes(load_reward("sentiment"), tiny_policy.device, 38) == 0  # no model on the device
+    one_row = int((rm_bytes + per_row) * admission.HEADROOM) + 1
+    check_memory(tiny_policy, config, [30], available=one_row * 8)  # the 64 rows alone fit
+    with pytest.raises(SecateursError) as err:
+        check_memory(tiny_policy, config, [30], available=one_row, reward=rm)
+    message = str(err.value)
+    assert "\n" not in message and "beside the reward model's" in message
+    assert message.endswith("; --max-batch-rows 1 would fit")
+    with pytest.raises(SecateursError, match="the reward model alone does not fit beside the policy"):
+        check_memory(tiny_policy, config, [30], available=rm_bytes, reward=rm)
+    check_memory(tiny_policy, config, [30], available=int((64 * per_row + rm_bytes) * admission.HEADROOM) + 1, reward=rm)

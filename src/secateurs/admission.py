@@ -15,6 +15,11 @@ sampling's rejected candidates) wait without rows and cost nothing until they st
 but each one that ran keeps its tokens, log-probs and text in host memory until its method decides:
 `check_samples` refuses a setting whose samples cannot all be kept (SAMPLE_BYTES each), so a huge n
 fails at once with the largest that fits instead of growing memory for hours.
+
+A model RM on the policy's device (hf:) needs room too, before any policy row: its weights are loaded
+(counted as used), but its activations at its batch size and, for a decoder RM, the keys and values
+of what it keeps to reuse (rewards/prefix_cache.py, at most its `prefix_cache_tokens`) and of the
+batch it is reading are not; `reward_bytes` estimates them and the check adds them.
 """
 
 from __future__ import annotations
@@ -80,6 +85,36 @@ def vocab_size(policy: Policy) -> int:
     return int(getattr(policy.model.config, "vocab_size", 0) or len(policy.tokenizer))
 
 
+def _kv_bytes_per_token(model) -> int:
+    cfg = model.config.get_text_config()
+    heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return 2 * cfg.num_hidden_layers * heads * head_dim * (torch.finfo(model.dtype).bits // 8)
+
+
+def reward_bytes(reward, device: torch.device, text_tokens: int, rows: int = 1) -> int:
+    """Bytes a model RM on `device` takes beyond its weights while scoring texts of up to `text_tokens`
+    tokens for `rows` rows in flight: one batch's activations (a layer's widest, MLP included) and,
+    for a decoder RM, the keys and values of that batch and of what its prefix cache keeps of the rows'
+    texts (at most its budget). 0 for a reward off the device or without a model; the terms of a
+    weighted sum add up."""
+    if hasattr(reward, "terms"):
+        return sum(reward_bytes(r, device, text_tokens, rows) for _, r in reward.terms)
+    model = getattr(reward, "model", None)
+    if model is None or getattr(reward, "device", None) is None or torch.device(reward.device) != device:
+        return 0
+    cfg = model.config.get_text_config()
+    width = max(cfg.hidden_size * 4, getattr(cfg, "intermediate_size", 0) * 2)
+    dtype_bytes = torch.finfo(model.dtype).bits // 8
+    tokens = getattr(reward, "batch_size", 16) * min(text_tokens, getattr(reward, "max_length", text_tokens))
+    needed = tokens * width * dtype_bytes
+    cache = getattr(reward, "prefix_cache", None)
+    if cache is not None:
+        kept = min(cache.max_blocks * cache.block, rows * text_tokens)
+        needed += (tokens + kept) * _kv_bytes_per_token(model)
+    return int(needed)
+
+
 def rows_at_most(config: DecodingConfig, n_prompts: int) -> int:
     """Rows the run can ever decode at once: max_batch_rows, or fewer when the prompts cannot fill them
     (each prompt holds at most its method's rows at once, or its r_star calibration samples)."""
@@ -126,8 +161,9 @@ def check_samples(config: DecodingConfig, n_prompts: int, available: int | None 
 
 
 def check_memory(policy: Policy, config: DecodingConfig, prompt_lengths: list[int],
-                 available: int | None = None) -> None:
-    """Raise a one-line SecateursError if the largest batch of this run cannot fit in memory.
+                 available: int | None = None, reward=None) -> None:
+    """Raise a one-line SecateursError if the largest batch of this run, with the reward model's
+    working memory if it shares the policy's device, cannot fit in memory.
     `available` (bytes) overrides what the policy's device reports (for tests)."""
     if not prompt_lengths:
         return
@@ -140,7 +176,8 @@ def check_memory(policy: Policy, config: DecodingConfig, prompt_lengths: list[in
     tokens = longest + config.max_new_tokens
     per_row = tokens * policy.kv_bytes_per_token() + vocab_size(policy) * 4 * LOGITS_BUFFERS
     rows = rows_at_most(config, len(prompt_lengths))
-    needed = rows * per_row
+    rm = reward_bytes(reward, policy.device, tokens, rows) if reward is not None else 0
+    needed = rows * per_row + rm
     if needed > available and measured:  # memory an earlier run left to the garbage collector counts too
         gc.collect()
         if policy.device.type == "cuda":
@@ -148,13 +185,17 @@ def check_memory(policy: Policy, config: DecodingConfig, prompt_lengths: list[in
         available = available_bytes(policy.device) or available
     if needed * HEADROOM <= available:
         return
-    fits = int(available // (per_row * HEADROOM))
+    fits = int((available - rm * HEADROOM) // (per_row * HEADROOM))
     what = (f"max_batch_rows={config.max_batch_rows}" if rows == config.max_batch_rows
             else f"{rows} rows (max_batch_rows={config.max_batch_rows})")
-    head = (f"{what} x (prompt {longest} + {config.max_new_tokens} new tokens) needs {_gib(needed)} of KV cache "
-            f"and logits, but {_gib(available)} is available on {policy.device.type} (the weights already take "
+    beside = f" beside the reward model's {_gib(rm)}" if rm else ""
+    head = (f"{what} x (prompt {longest} + {config.max_new_tokens} new tokens) needs {_gib(needed - rm)} of KV cache "
+            f"and logits{beside}, but {_gib(available)} is available on {policy.device.type} (the weights already take "
             f"{_gib(weight_bytes(policy))})")
-    if fits < 1:
+    if fits < 1 and rm and rm * HEADROOM >= available:
+        hint = ("the reward model alone does not fit beside the policy: put it on another device, lower its "
+                "batch size or its prefix cache (prefix_cache_tokens)")
+    elif fits < 1:
         hint = "not even one row fits: lower --max-new-tokens"
     else:
         hint = f"--max-batch-rows {fits}"

@@ -338,10 +338,10 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
     prompts, results, setting = run_bench(spec, device=spec.device, ray=ray, backend=backend)
     summary = write_report(spec, prompts, results, setting)
     click.echo(f"{'method':36s} {'reward':>8s} {'seconds':>8s} {'LM tokens':>10s} {'LM positions':>12s} "
-               f"{'RM calls':>9s}")
+               f"{'RM calls':>9s} {'RM positions':>12s}")
     for c in summary["cells"]:
         click.echo(f"{c['name']:36s} {c['reward']['value']:8.3f} {c['seconds']['value']:8.2f} "
-                   f"{c['lm_tokens']:10.0f} {c['lm_positions']:12.0f} {c['rm_calls']:9.1f}")
+                   f"{c['lm_tokens']:10.0f} {c['lm_positions']:12.0f} {c['rm_calls']:9.1f} {c['rm_positions']:12.0f}")
     click.echo(f"report: {spec.out / 'report.html'}")
 
 

@@ -40,7 +40,8 @@ from .runner import SPEED_ONLY
 # Cost fields that measure time or memory: they differ between runs of the same configuration.
 _MEASURED = ("seconds", "lm_seconds", "rm_seconds", "other_seconds", "peak_memory_bytes",
              "lm_positions_prefilled", "lm_positions_decoded",  # positions: padding depends on the batch
-             "lm_forward_calls")  # a request shares its forward calls with the batch's other rows
+             "lm_forward_calls",  # a request shares its forward calls with the batch's other rows
+             "rm_positions")  # and the RM's reuse on what it read before
 
 
 class IncompleteShards(SecateursError):

@@ -8,6 +8,8 @@ depend on how requests were batched (the positions computed do: padding and rows
 - lm_tokens_decoded: response tokens run through the LM, including tokens recomputed after a rewind;
 - tokens_generated: tokens sampled (kept or later rejected);
 - rm_calls: (prompt, response) pairs scored; rm_tokens: tokens the RM read for them;
+- rm_positions: positions a model RM computed for them (padding included, tokens it had read before
+  and reused excluded: rewards/prefix_cache.py); for a function, the tokens;
 - lm_tokens_cached: prompt (and resumed-prefix) tokens served from the engine's prefix cache instead
   of computed (the vllm backend; the transformers backend forks its prompt cache, so it reports 0);
 - lm_positions_prefilled / lm_positions_decoded: positions the forward computed for this request's
@@ -45,6 +47,7 @@ class Cost:
     lm_tokens_cached: int = 0
     lm_positions_prefilled: int = 0
     lm_positions_decoded: int = 0
+    rm_positions: int = 0
 
     @property
     def lm_positions(self) -> int:
@@ -128,12 +131,14 @@ class Meter:
         for key, n in tokens.items():
             self.costs[key].lm_tokens_cached += n
 
-    def rm_call(self, keys: Sequence[Hashable], tokens: Sequence[int], seconds: float) -> None:
+    def rm_call(self, keys: Sequence[Hashable], tokens: Sequence[int], seconds: float,
+                positions: Sequence[int] | None = None) -> None:
         weight: dict[Hashable, int] = {}
-        for key, n in zip(keys, tokens):
+        for key, n, p in zip(keys, tokens, positions if positions is not None else tokens):
             weight[key] = weight.get(key, 0) + max(n, 1)
             self.costs[key].rm_calls += 1
             self.costs[key].rm_tokens += n
+            self.costs[key].rm_positions += p
         total = sum(weight.values())
         for key, w in weight.items():
             self.costs[key].rm_seconds += seconds * w / total

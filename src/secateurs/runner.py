@@ -138,7 +138,7 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
         encoded[p.id] = encode_prompt(policy, p, config)
     # A setting whose largest batch cannot fit fails now, not in the allocator (vLLM sizes its own cache).
     if encoded and (backend is None or backend.name == "transformers"):
-        check_memory(policy, config, [len(ids) for ids in encoded.values()])
+        check_memory(policy, config, [len(ids) for ids in encoded.values()], reward=reward)
     # Samples kept until their method decides (a huge n) must fit in host memory, whatever the backend.
     if encoded:
         check_samples(config, len(encoded))

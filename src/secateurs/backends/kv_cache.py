@@ -140,3 +140,13 @@ class KVCache:
 
 def _pad_left(t: torch.Tensor, n: int) -> torch.Tensor:
     return torch.nn.functional.pad(t, (0, 0, n, 0)) if n else t
+
+
+def cache_from_layers(layers: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> DynamicCache:
+    """A DynamicCache holding these (keys, values) per layer (none: an empty cache)."""
+    return DynamicCache(list(layers)) if layers else DynamicCache()
+
+
+def layers_of(cache: DynamicCache) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each layer's (keys, values) of `cache`: [rows, heads, columns, head_dim]."""
+    return [(layer.keys, layer.values) for layer in cache.layers]

@@ -54,6 +54,8 @@ def summarize(spec: BenchSpec, cells: list[CellResults], setting: dict) -> dict:
             "lm_positions": float(np.mean([r.cost.lm_positions for r in cell.results])),  # computed, padding included
             "lm_forward_calls": float(np.mean([r.cost.lm_forward_calls for r in cell.results])),
             "rm_calls": float(np.mean([r.cost.rm_calls for r in cell.results])),
+            "rm_tokens": float(np.mean([r.cost.rm_tokens for r in cell.results])),
+            "rm_positions": float(np.mean([r.cost.rm_positions for r in cell.results])),  # computed, reuse excluded
             "peak_memory_bytes": int(max(r.cost.peak_memory_bytes for r in cell.results)),
         }
         if cell is not reference:
@@ -175,14 +177,16 @@ def _wins(w: dict | None) -> str:
 def render_html(summary: dict, prompts, cells: list[CellResults], images: dict[str, bytes]) -> str:
     s = summary["setting"]
     head = ["method", "reward (95% CI)", "gold reward", "improvement score", f"win / tie / lose % vs {summary['reference']}",
-            "distinct-1 / 2", "length", "seconds", "LM tokens", "LM positions", "LM calls", "RM calls", "peak memory (MiB)",
+            "distinct-1 / 2", "length", "seconds", "LM tokens", "LM positions", "LM calls", "RM calls", "RM tokens", "RM positions",
+            "peak memory (MiB)",
             "speedup (s)", "speedup (tokens)"]
     rows = []
     for c in summary["cells"]:
         rows.append([c["name"], _fmt(c["reward"]), _fmt(c["gold_reward"]), _fmt(c["improvement_score"], 1),
                      _wins(c.get("vs_reference")), f"{c['distinct_1']:.2f} / {c['distinct_2']:.2f}",
                      f"{c['mean_response_tokens']:.0f}", _fmt(c["seconds"], 2), f"{c['lm_tokens']:.0f}",
-                     f"{c.get('lm_positions', c['lm_tokens']):.0f}", f"{c['lm_forward_calls']:.0f}", f"{c['rm_calls']:.1f}", f"{c['peak_memory_bytes'] / 2**20:.0f}",
+                     f"{c.get('lm_positions', c['lm_tokens']):.0f}", f"{c['lm_forward_calls']:.0f}", f"{c['rm_calls']:.1f}",
+                     f"{c.get('rm_tokens', 0):.0f}", f"{c.get('rm_positions', 0):.0f}", f"{c['peak_memory_bytes'] / 2**20:.0f}",
                      _speed(c.get("speedup_seconds")), _speed(c.get("speedup_tokens"))])
     table = "<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in head) + "</tr>" + "".join(
         "<tr>" + "".join(f"<td>{v if i else html.escape(v)}</td>" for i, v in enumerate(r)) + "</tr>" for r in rows

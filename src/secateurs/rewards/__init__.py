@@ -5,6 +5,7 @@ Reward specs (CLI --reward, API reward=):
   relevance | civility | sentiment   one packaged offline scorer (rewards/offline.py)
   hf:NAME_OR_PATH             a Hugging Face sequence-classification RM (an existing folder also works)
   prm:NAME_OR_PATH[?OPTIONS]  a token-classification process RM scoring each step (rewards/prm.py)
+  vllm:NAME_OR_PATH           the same RM served by vLLM's pooling runner, prefix caching on (rewards/vllm.py)
   py:MODULE:FUNCTION          a Python function fn(prompt_text, response) -> float
   TERM+TERM...                a weighted sum, each TERM being [WEIGHT*]SPEC, e.g. relevance+0.5*civility
 """
@@ -53,6 +54,13 @@ def _load_term(spec: str, device, whole: str, prompt_format: str = DEFAULT_PROMP
         if not spec[4:].partition("?")[0].strip():
             raise SecateursError(f"reward spec {spec!r} names no model: use prm:MODEL_ID or prm:/path/to/folder")
         return PRMReward(spec[4:], device=device)
+    if spec.startswith("vllm:"):
+        if not spec[5:].strip():
+            raise SecateursError(f"reward spec {spec!r} names no model: use vllm:MODEL_ID or vllm:/path/to/folder")
+        check_model_folder(spec[5:])
+        from .vllm import VllmReward
+
+        return VllmReward(spec[5:], device=device)
     if spec.startswith("py:"):
         module_name, _, attr = spec[3:].rpartition(":")
         if not module_name or not attr:
@@ -74,7 +82,7 @@ def _load_term(spec: str, device, whole: str, prompt_format: str = DEFAULT_PROMP
         return HFReward(spec, device=device, prompt_format=prompt_format)
     check_model_folder(spec)
     raise SecateursError(
-        f"unknown reward {spec!r}: use default, {', '.join(OFFLINE_REWARDS)}, hf:MODEL, py:MODULE:FUNCTION, "
+        f"unknown reward {spec!r}: use default, {', '.join(OFFLINE_REWARDS)}, hf:MODEL, vllm:MODEL, py:MODULE:FUNCTION, "
         "a reward model folder, or a weighted sum such as relevance+0.5*civility"
     )
 

@@ -37,17 +37,25 @@ class Reward(ABC):
 
     def score_with_tokens(self, prompts: Sequence[Prompt], responses: Sequence[str],
                           partial: bool = False) -> tuple[list[float], list[int]]:
-        """Scores and, per pair, the number of tokens the RM read (for cost accounting).
+        """Scores and, per pair, the number of tokens the RM read (for cost accounting)."""
+        scores, tokens, _ = self.score_with_cost(prompts, responses, partial)
+        return scores, tokens
+
+    def score_with_cost(self, prompts: Sequence[Prompt], responses: Sequence[str],
+                        partial: bool = False) -> tuple[list[float], list[int], list[int]]:
+        """Scores and, per pair, the tokens the RM read and the positions it computed for them (fewer
+        where a model RM reused what it read before, more where it padded; `_score` may return only
+        scores and tokens, then positions = tokens).
 
         Whatever goes wrong inside the reward (an exception, a score that is not a finite number,
         the wrong number of scores) is a RewardError naming the reward and the prompt id."""
         if len(prompts) != len(responses):
             raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
         if not responses:
-            return [], []
+            return [], [], []
         prompts, responses = list(prompts), list(responses)
         try:
-            scores, tokens = self._score(prompts, responses, partial)
+            scores, tokens, *computed = self._score(prompts, responses, partial)
         except SecateursError:  # already one clear line (a missing package, a nested reward's error)
             raise
         except Exception as e:  # a user's function or model failing: name it, not a traceback
@@ -71,15 +79,16 @@ class Reward(ABC):
                 )
             checked.append(value)
         tokens = list(tokens)
-        if len(tokens) != len(responses):
+        positions = list(computed[0]) if computed else tokens
+        if len(tokens) != len(responses) or len(positions) != len(responses):
             raise RewardError(f"reward {self.name!r} returned {len(tokens)} token counts for "
                               f"{len(responses)} responses ({_ids(prompts)})")
-        return checked, tokens
+        return checked, tokens, positions
 
     @abstractmethod
     def _score(self, prompts: list[Prompt], responses: list[str], partial: bool
-               ) -> tuple[Sequence[float], Sequence[int]]:
-        """Return (scores, tokens read per pair)."""
+               ) -> tuple[Sequence[float], Sequence[int]] | tuple[Sequence[float], Sequence[int], Sequence[int]]:
+        """Return (scores, tokens read per pair[, positions computed per pair])."""
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})"
@@ -181,11 +190,13 @@ class WeightedSum(Reward):
     def _score(self, prompts, responses, partial):
         total = [0.0] * len(responses)
         tokens = [0] * len(responses)
+        positions = [0] * len(responses)
         for weight, reward in self.terms:
-            scores, read = reward.score_with_tokens(prompts, responses, partial)
+            scores, read, computed = reward.score_with_cost(prompts, responses, partial)
             total = [t + weight * s for t, s in zip(total, scores)]
             tokens = [a + b for a, b in zip(tokens, read)]
-        return total, tokens
+            positions = [a + b for a, b in zip(positions, computed)]
+        return total, tokens, positions
 
 
 def _weight_text(weight: float) -> str:
@@ -198,9 +209,9 @@ def metered_score(reward: Reward, meter: Meter | None, prompts: Sequence[Prompt]
                   groups: Sequence[int], partial: bool = False) -> list[float]:
     """Score and record the RM calls, tokens and time against each pair's prompt group."""
     start = time.perf_counter()
-    scores, tokens = reward.score_with_tokens(prompts, responses, partial)
+    scores, tokens, positions = reward.score_with_cost(prompts, responses, partial)
     if meter is not None:
-        meter.rm_call(groups, tokens, time.perf_counter() - start)
+        meter.rm_call(groups, tokens, time.perf_counter() - start, positions)
     return scores
 
 
