@@ -65,7 +65,7 @@ bootstrap: 100
 def test_bench_errors_come_before_any_model_loads(tmp_path):
     # the policy does not exist: if it were loaded first, the error would name it instead
     for args, message in [
-        (["--methods", "best-of-n:n=2", "beam-search"], "unknown method 'beam-search'"),
+        (["--methods", "best-of-n:n=2", "no-such-search"], "unknown method 'no-such-search'"),
         (["--methods", "speculative-rejection:alpha=2"], "alpha must be in [0, 1), got 2"),
         (["--methods", "best-of-n:q=2"], "unknown option 'q' for method 'best-of-n'"),
         (["--methods", "best-of-n:n=2", "--reference", "cards"], "reference method 'cards' is not in this run"),
