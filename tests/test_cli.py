@@ -211,8 +211,9 @@ def test_each_method_flag_help_is_one_sentence_then_its_defaults():
     from secateurs.config import option_specs
 
     specs = option_specs()
-    assert specs["temperature"].describe() == ("Sampling temperature (0: greedy). [args, best-of-n, sampling, "
-                                               "speculative-rejection: 1.0; cards, rejection-sampling: beta]")
+    assert specs["temperature"].describe() == ("Sampling temperature (0: greedy). [args, beam-search, best-of-n, "
+                                               "particle-filtering, sampling, speculative-rejection, tree-search: "
+                                               "1.0; cards, rejection-sampling: beta]")
     assert specs["proposals"].describe() == ("CARDS / rejection sampling: candidates proposed per prompt at once, "
                                              "checked in order. [cards: 1; rejection-sampling: 4]")
     top_k = specs["top_k"].describe()

@@ -135,8 +135,9 @@ def test_methods_answer_the_same_with_fewer_rm_positions(tiny_policy, rm_folder,
 def test_a_block_is_reused_only_after_the_same_tokens(rm_folder):
     # two prompts of one block each, then the same response: block 1 holds the same tokens at the same place,
     # but its keys and values depend on the prompt before it
-    rm, plain = HFReward(rm_folder), scratch(rm_folder)
-    a, b = make_prompts(["abcdefghijklmnop", "ponmlkjihgfedcba"])
+    rm, plain = HFReward(rm_folder, prompt_format="plain"), HFReward(rm_folder, prompt_format="plain",
+                                                                     prefix_cache_tokens=0)
+    a, b = make_prompts(["abcdefghijklmnop", "ponmlkjihgfedcba"])  # plain: the prompt's characters, then the response's
     response = "qrstuvwxyzqrstuv"
     assert rm.encode(a, response)[BLOCK:] == rm.encode(b, response)[BLOCK:] and len(rm.encode(a, response)) == 2 * BLOCK
     rm.score([a], [response])

@@ -179,7 +179,7 @@ def test_assign_slots_keeps_picked_parents_in_place():
 
 @pytest.mark.parametrize("option, value, message", [
     ("--step", "often", "step must be 'entropy', a token count >= 1 or 'stop:TEXT', got 'often'"),
-    ("--ess-threshold", "1.5", "ess_threshold must be in [0, 1], got 1.5"),
+    ("--ess-threshold", "1.5", "--ess-threshold must be in [0, 1], got 1.5"),
     ("--answer", "mode", "answer must be one of best, weighted, got 'mode'"),
 ])
 def test_bad_options_are_one_line(monkeypatch, capsys, tiny_policy_folder, tmp_path, option, value, message):

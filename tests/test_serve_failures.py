@@ -90,7 +90,7 @@ def test_a_reward_failing_on_one_request_fails_it_alone_with_a_500(server):
         threads = [threading.Thread(target=send, args=(pid,)) for pid in texts]
         for t in threads:
             t.start()
-        assert wait_for(lambda: front.queue_depth() == 4)
+        assert wait_for(lambda: len(front.pending) == 5)  # all four wait behind the blocker's RM call
     finally:
         reward.gate.set()
     for t in [blocker, *threads]:

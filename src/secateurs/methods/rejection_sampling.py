@@ -43,7 +43,7 @@ class RejectionSamplingConfig(TargetedConfig):
 class RejectionSampling(TargetedPolicy):
     def begin(self) -> None:
         self.seen = []  # rejected candidates
-        self.drawn = []  # every candidate sampled, in order
+        self.batches = []  # every round's candidates (lists the scheduler fills as they get rows)
         self.offset = 0
         self._draw()
 
@@ -52,7 +52,7 @@ class RejectionSampling(TargetedPolicy):
         than the sequential method's max_retries + 1."""
         count = min(self.config.proposals, self.config.max_retries + 1 - self.offset)
         self.batch = self.ctx.sample(range(self.offset, self.offset + count))
-        self.drawn += self.batch
+        self.batches.append(self.batch)
         self.offset += count
 
     def on_result(self, stopped) -> None:
@@ -71,9 +71,10 @@ class RejectionSampling(TargetedPolicy):
 
     def _outcome(self, seq, last, rejections: int):
         """`seq`: the answer; `last`: the last candidate the sequential method draws."""
-        sequential = self.drawn[:last.sample + 1]
+        drawn = [c for batch in self.batches for c in batch]
+        sequential = drawn[:last.sample + 1]
         return self.outcome(seq, accepted_index=seq.sample, rejections=rejections, r_star=self.r_star,
                             r_star_calibration_rewards=self.calibration_rewards,
-                            candidates_drawn=len(self.drawn), candidates_sequential=len(sequential),
+                            candidates_drawn=len(drawn), candidates_sequential=len(sequential),
                             sequential_tokens_generated=sum(c.length for c in sequential),
                             sequential_rm_calls=len(sequential))

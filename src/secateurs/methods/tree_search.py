@@ -47,7 +47,7 @@ class TreeSearch(SpeculativeRejection):
         live = [s for s in self.live if not s.finished]
         if live:
             self.length = live[0].length
-            pool = sorted(live + self.finished, key=lambda s: -s.reward)  # stable: ties keep pool order
+            pool = sorted(self.finished + live, key=lambda s: -s.reward)  # stable: on a tie finished first, as SR
             kept = pool[:keep_count(len(pool), self.config.alpha)]
             kept_ids = {id(s) for s in kept}
             rejected = [s for s in live if id(s) not in kept_ids]
