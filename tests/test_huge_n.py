@@ -50,7 +50,8 @@ def test_a_big_n_makes_samples_only_as_they_get_rows_and_a_cancel_frees_everythi
         task = asyncio.ensure_future(aligner.submit_request(big))
         while aligner.scheduler.stats.steps < 3:
             await asyncio.sleep(0.005)
-        assert len(big.live) <= 8  # the rows' samples, not 100,000 handles (at most a refill's worth more)
+        # the samples that got rows so far (the scheduler's thread goes on stepping meanwhile), not 100,000 handles
+        assert len(big.live) < 1000 and sum(s.status != "released" for s in big.live) <= 8
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
