@@ -88,7 +88,8 @@ class Pending:
         return seqs
 
 
-def _count(queued) -> int:
+def queued_count(queued) -> int:
+    """Rows a queued entry (a list of sequences or a Pending) asks for."""
     return queued.count if isinstance(queued, Pending) else len(queued)
 
 
@@ -311,7 +312,7 @@ class Scheduler:
         self._check_progress(request)
 
     def _queued_rows(self) -> int:
-        return sum(_count(seqs) for r in self.active for seqs, _ in r.queue)
+        return sum(queued_count(seqs) for r in self.active for seqs, _ in r.queue)
 
     def _place(self) -> None:
         """Queued sequences take free rows, oldest request first; a gang waits until all of it fits."""

@@ -26,7 +26,7 @@ from ..aligner import Aligner
 from ..errors import RewardError, SecateursError
 from ..prompts import make_prompt
 from ..results import AlignResult
-from ..scheduler import Request
+from ..scheduler import Request, queued_count
 from .metrics import ServerMetrics
 from .protocol import ApiError, Job, ServeDefaults, parse_json, parse_request
 from .schema import ChatCompletionRequest, CompletionRequest, add_schemas, request_body
@@ -62,7 +62,7 @@ class Front:
         scheduler = self.aligner.scheduler
         # Read from the event loop while the scheduler thread runs: list() copies are atomic under the GIL,
         # and a count off by one step only moves the 429 threshold by that step.
-        queued_rows = sum(len(seqs) for r in list(self.pending) if r.policy is not None for seqs, _ in list(r.queue))
+        queued_rows = sum(queued_count(seqs) for r in list(self.pending) if r.policy is not None for seqs, _ in list(r.queue))
         free = scheduler.max_batch_rows - self.rows_busy() - queued_rows
         waiting = 0
         for r in sorted((r for r in list(self.pending) if r.policy is None), key=lambda r: r.id):
