@@ -14,6 +14,7 @@ import uvicorn
 from click.testing import CliRunner
 
 from cli_main import run_main
+from polling import wait_for
 from secateurs.aligner import Aligner
 from secateurs.backends.transformers import TransformersBackend
 from secateurs.cli import cli
@@ -99,15 +100,6 @@ def chat(server, messages=CHAT, **kw):
 
 def health(server):
     return httpx.get(server["url"] + "/health").json()
-
-
-def wait_for(predicate, timeout=20.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def not_admitted(front):

@@ -11,6 +11,7 @@ import openai
 import pytest
 import uvicorn
 
+from polling import wait_for
 from secateurs.aligner import Aligner
 from secateurs.rewards import Reward
 from secateurs.serve import ServeDefaults, ServeSettings, create_app
@@ -60,15 +61,6 @@ def ask(server, text, prompt_id, timeout=60, **secateurs):
     return client.chat.completions.create(model=server["model"], messages=[{"role": "user", "content": text}],
                                           max_tokens=3, extra_body={"secateurs": {"prompt_id": prompt_id,
                                                                                   **secateurs}})
-
-
-def wait_for(predicate, timeout=20.0):
-    end = time.time() + timeout
-    while time.time() < end:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 def test_a_reward_failing_on_one_request_fails_it_alone_with_a_500(server):
