@@ -1,13 +1,15 @@
 """RM positions computed and RM seconds, from scratch vs with prefix reuse (rewards/prefix_cache.py).
 
     .venv/bin/python benchmarks/rm_reuse.py [--prompts 2] [--layers 6]
+    .venv-vllm/bin/python benchmarks/rm_reuse.py --rm vllm     # the same RM as vllm: (prefix caching off / on)
 
 The packaged policy answers AlpacaFarm prompts with Speculative Rejection (n=32, 256 new tokens) and
 CARDS (128 new tokens) twice, once with a decoder RM that reads every text from scratch and once
 with the same RM reusing what it read. The RM is a random LlamaForSequenceClassification of
 `--layers` layers (hidden 512) saved to a folder with a tokenizer other than the policy's (MiniLM's
-WordPiece, given a chat template), as a user's hf: RM would be. Answers must be identical; counts
-are exact, seconds are one run on this machine.
+WordPiece, given a chat template), as a user's hf: RM would be. With `--rm vllm` the same folder is served by vLLM's pooling runner
+(vllm:), from scratch meaning with the engine's prefix caching off. Answers must be identical;
+counts are exact, seconds are one run on this machine.
 """
 
 from __future__ import annotations
@@ -44,24 +46,33 @@ def make_rm(folder: Path, layers: int) -> Path:
     return folder
 
 
+def make_reward(path: str, folder: Path, reuse: bool):
+    if path == "hf":
+        return HFReward(folder, prefix_cache_tokens=65536 if reuse else 0)
+    from secateurs.rewards.vllm import VllmReward
+
+    return VllmReward(str(folder), enable_prefix_caching=reuse)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--prompts", type=int, default=2)
     parser.add_argument("--layers", type=int, default=6)
+    parser.add_argument("--rm", choices=("hf", "vllm"), default="hf", help="the RM path: hf: or vllm:")
     args = parser.parse_args()
     prompts = make_prompts([d["prompt"] for d in json.loads(DATA.read_text())[:args.prompts]])
     policy = load_policy()
     folder = make_rm(Path(tempfile.mkdtemp(prefix="rm_reuse.")), args.layers)
     cases = [("speculative-rejection n=32, 256 tokens", "speculative-rejection", dict(n=32, max_new_tokens=256)),
              ("cards, 128 tokens", "cards", dict(max_new_tokens=128))]
-    print(f"{len(prompts)} prompts; policy {policy.name}; RM: random {args.layers}-layer Llama classifier, "
+    print(f"{len(prompts)} prompts; policy {policy.name}; RM ({args.rm}:): random {args.layers}-layer Llama classifier, "
           f"MiniLM tokenizer; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'method':40s} {'RM path':8s} {'RM calls':>8s} {'RM tokens':>9s} {'RM positions':>12s} {'RM s':>7s} "
           f"{'LM s':>7s} {'wall s':>7s}")
     for label, method, options in cases:
         answers, figures = {}, {}
-        for path, cache_tokens in (("scratch", 0), ("reuse", 65536)):
-            reward = HFReward(folder, prefix_cache_tokens=cache_tokens)
+        for path, reuse in (("scratch", False), ("reuse", True)):
+            reward = make_reward(args.rm, folder, reuse)
             start = time.perf_counter()
             results = secateurs.align(prompts, policy=policy, reward=reward, method=method, seed=0, **options)
             wall = time.perf_counter() - start
