@@ -168,10 +168,15 @@ def _print_summary(by_method: dict[str, list]) -> None:
 
 
 def _total(results):
+    """The results' costs added up, with an `r_star dataset` calibration (paid once for the set) counted once."""
+    from .meter import Cost
+
     total = results[0].cost
     for r in results[1:]:
         total = total + r.cost
-    return total
+    record = next((r.details["r_star_calibration"] for r in results if "r_star_calibration" in (r.details or {})),
+                  None)
+    return total + Cost.from_dict(record["cost"]) if record else total
 
 
 @click.group()
@@ -235,6 +240,7 @@ def run(method, prompts_path, out, policy, reward, seed, device, backend, rm_mem
     for path in outs.values():
         check_output(path)  # a folder, /dev/null or someone's file fails now, not after generating
     prompts = load_prompts(prompts_path, **fields) if prompts_path else builtin_prompts()
+    every_prompt = prompts  # r_star dataset calibrates on the file's first prompts, whichever the slice
     tag = None
     if shard is not None:
         from .shard import select_shard, shard_tag
@@ -246,7 +252,8 @@ def run(method, prompts_path, out, policy, reward, seed, device, backend, rm_mem
 
         target = outs[method]
         results = align_dataset(prompts, method, configs[method], policy=policy, reward=reward, seed=seed,
-                                out=target, device=device, progress=not quiet, rm_memory=rm_memory, **ray)
+                                out=target, device=device, progress=not quiet, rm_memory=rm_memory,
+                                calibration_prompts=every_prompt, **ray)
         if not quiet:
             click.echo(f"{method}: {len(prompts)} results in {target}", err=True)
             _print_summary({method: results})
@@ -256,7 +263,7 @@ def run(method, prompts_path, out, policy, reward, seed, device, backend, rm_mem
     by_method = {}
     for m in methods:
         by_method[m] = run_prompts(prompts, m, configs[m], loaded_policy, loaded_reward, seed=seed, out=outs[m],
-                                   progress=not quiet, backend=engine, shard=tag)
+                                   progress=not quiet, backend=engine, shard=tag, calibration_prompts=every_prompt)
         if not quiet:
             click.echo(f"{m}: {len(prompts)} results in {outs[m]}", err=True)
     if not quiet:

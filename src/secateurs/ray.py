@@ -29,6 +29,7 @@ from typing import Any, Callable, Sequence
 
 from tqdm.auto import tqdm
 
+from .calibration import calibrate_r_star, wants_dataset_r_star
 from .errors import SecateursError
 from .methods import get_method
 from .methods.base import DecodingConfig, check_seed, integer, real
@@ -293,7 +294,7 @@ class RayWorkers:
     def run(self, prompts: Any, method: str, config: DecodingConfig | dict | None = None, seed: int = 0,
             out: str | Path | None = None, progress: bool = False, shard_size: int | None = None,
             on_results: Callable[[list[AlignResult]], Any] | None = None,
-            label: str | None = None) -> list[AlignResult]:
+            label: str | None = None, calibration_prompts: Sequence[Any] | None = None) -> list[AlignResult]:
         """Answer every prompt with `method` on the workers; one result per prompt, in the prompts' order.
 
         With `out`, results are appended to that JSONL file as shards finish, and prompts already
@@ -310,6 +311,10 @@ class RayWorkers:
                                        or shard_size < 1):
             raise SecateursError(f"shard_size must be an integer >= 1, got {shard_size!r}")
         prompt_list = resolve_prompts(prompts)
+        calibration = None
+        if wants_dataset_r_star(config) and prompt_list:  # one r* for the set, on the workers (calibration.py)
+            config, calibration = calibrate_r_star(resolve_prompts(calibration_prompts or prompt_list), config,
+                                                   lambda batch, m, c: self.run(batch, m, c, seed=seed))
         ray = self.ray
 
         # Every worker must agree on the configuration (same library version and models everywhere).
@@ -393,6 +398,9 @@ class RayWorkers:
                         raise SecateursError("a Ray worker computed a different configuration fingerprint (different "
                                              "secateurs versions or models on different nodes?)")
                 new = [r for r in results if r.id not in done]
+                if calibration is not None:
+                    for r in new:
+                        r.details["r_star_calibration"] = calibration
                 if writer is not None and new:
                     writer.write(new)
                 done.update((r.id, r) for r in new)
@@ -418,7 +426,8 @@ def align_dataset(prompts: Any, method: str, config: DecodingConfig | dict | Non
                   gpus_per_worker: float = 0, device: str | None = None, progress: bool = False,
                   shard_size: int | None = None, cpus_per_worker: float | None = None,
                   on_results: Callable[[list[AlignResult]], Any] | None = None,
-                  rm_memory: float | None = None) -> list[AlignResult]:
+                  rm_memory: float | None = None, calibration_prompts: Sequence[Any] | None = None
+                  ) -> list[AlignResult]:
     """Answer every prompt with `method` on `workers` Ray actors; one AlignResult per prompt, in order.
 
     prompts: what `secateurs.align` takes (a prompt file, strings, messages lists, Prompts).
@@ -442,4 +451,4 @@ def align_dataset(prompts: Any, method: str, config: DecodingConfig | dict | Non
     with RayWorkers(policy, reward, workers=workers, ray_address=ray_address, gpus_per_worker=gpus_per_worker,
                     device=device, cpus_per_worker=cpus_per_worker, rm_memory=rm_memory) as pool:
         return pool.run(prompts, method, config, seed=seed, out=out, progress=progress, shard_size=shard_size,
-                        on_results=on_results)
+                        on_results=on_results, calibration_prompts=calibration_prompts)

@@ -14,6 +14,7 @@ from .admission import check_memory, check_samples
 from .backends import backend_fingerprint
 from .backends.base import check_capabilities
 from .backends.transformers import TransformersBackend
+from .calibration import calibrate_r_star, wants_dataset_r_star
 from .methods import get_method
 from .methods.base import DecodingConfig
 from .errors import RewardError
@@ -113,7 +114,8 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
                 seed: int = 0, out: str | Path | None = None, progress: bool = False,
                 on_results: Callable[[list[AlignResult]], Any] | None = None,
                 label: str | None = None, stats: SchedulerStats | None = None, backend=None,
-                shard: dict[str, int] | None = None) -> list[AlignResult]:
+                shard: dict[str, int] | None = None,
+                calibration_prompts: Sequence[Prompt] | None = None) -> list[AlignResult]:
     """Run `method` on every prompt and return one result per prompt, in the prompts' order.
 
     All prompts go through one scheduler (rows freed by one prompt go to the next at once). With
@@ -125,7 +127,8 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     `stats`, if given, receives the scheduler's row-occupancy counts. `backend`: a ready backend
     (secateurs.backends.make_backend) to decode on instead of a transformers backend on `policy`
     (None: that backend's own policy). `shard`: the slice these prompts are (`run --shard`), written
-    on each result for `merge` (results.AlignResult.shard).
+    on each result for `merge` (results.AlignResult.shard). `calibration_prompts`: the set whose first
+    prompts calibrate `r_star dataset` (secateurs.calibration; default `prompts`: a shard passes the whole file).
     """
     if backend is not None and policy is None:
         policy = backend.policy
@@ -142,6 +145,13 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     # Samples kept until their method decides (a huge n) must fit in host memory, whatever the backend.
     if encoded:
         check_samples(config, len(encoded))
+    calibration = None
+    if wants_dataset_r_star(config) and encoded:  # every prompt checked first: calibration costs generation
+        def answer(batch, calibration_method, calibration_config):
+            return run_prompts(batch, calibration_method, calibration_config, policy, reward, seed=seed,
+                               backend=backend)
+
+        config, calibration = calibrate_r_star(calibration_prompts or prompts, config, answer)
     fingerprint = run_fingerprint(method, config, policy, reward, seed, backend)
     # Locks the output, refuses a foreign file, another configuration or changed prompts.
     accept = same_configuration(method, config, policy, reward, seed, backend)
@@ -159,6 +169,8 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
                 bar.update(1)
                 continue
             result = result_of(request, policy, reward, fingerprint, shard)
+            if calibration is not None:
+                result.details["r_star_calibration"] = calibration
             p = request.prompt
             if writer is not None:
                 writer.write([result])

@@ -7,14 +7,29 @@ import html
 import io
 import json
 import platform
+from dataclasses import fields
 
 import numpy as np
 
 from .. import __version__
+from ..meter import Cost
 from ..metrics import improvement_score
 from .run import CellResults
 from .spec import BenchSpec
 from .stats import distinct_n, mean_interval, resample_indices, speedup, win_rates, win_tie_lose
+
+
+def charged_costs(results) -> list[Cost]:
+    """Each result's cost plus an equal share of the cell's `r_star dataset` calibration (calibration.py): paid
+    once for the prompt set, so a cell's per-prompt figures include it and compare fairly with `auto`."""
+    record = next((r.details["r_star_calibration"] for r in results if "r_star_calibration" in (r.details or {})),
+                  None)
+    if record is None:
+        return [r.cost for r in results]
+    total = Cost.from_dict(record["cost"])
+    share = Cost(**{f.name: getattr(total, f.name) / len(results) for f in fields(Cost)})
+    share.peak_memory_bytes = total.peak_memory_bytes  # a peak, not a sum
+    return [r.cost + share for r in results]
 
 
 def summarize(spec: BenchSpec, cells: list[CellResults], setting: dict) -> dict:
@@ -36,10 +51,12 @@ def summarize(spec: BenchSpec, cells: list[CellResults], setting: dict) -> dict:
 
     bon_cells = sorted((c for c in cells if c.method == "best-of-n"), key=lambda c: c.config["n"])
     out_cells = []
+    charged = {cell.name: charged_costs(cell.results) for cell in cells}
     for cell in cells:
+        costs = charged[cell.name]
         rewards = [r.reward for r in cell.results]
-        seconds = [r.cost.seconds for r in cell.results]
-        tokens = [r.cost.lm_tokens for r in cell.results]
+        seconds = [c.seconds for c in costs]
+        tokens = [c.lm_tokens for c in costs]
         row = {
             "name": cell.name, "method": cell.method, "config": cell.config,
             "reward": mean_interval(rewards, idx).to_dict(),
@@ -51,21 +68,24 @@ def summarize(spec: BenchSpec, cells: list[CellResults], setting: dict) -> dict:
             "mean_response_tokens": float(np.mean([r.response_tokens for r in cell.results])),
             "seconds": mean_interval(seconds, idx).to_dict(),
             "lm_tokens": float(np.mean(tokens)),
-            "lm_positions": float(np.mean([r.cost.lm_positions for r in cell.results])),  # computed, padding included
-            "lm_forward_calls": float(np.mean([r.cost.lm_forward_calls for r in cell.results])),
-            "rm_calls": float(np.mean([r.cost.rm_calls for r in cell.results])),
-            "rm_tokens": float(np.mean([r.cost.rm_tokens for r in cell.results])),
-            "rm_positions": float(np.mean([r.cost.rm_positions for r in cell.results])),  # computed, reuse excluded
-            "peak_memory_bytes": int(max(r.cost.peak_memory_bytes for r in cell.results)),
+            "lm_positions": float(np.mean([c.lm_positions for c in costs])),  # computed, padding included
+            "lm_forward_calls": float(np.mean([c.lm_forward_calls for c in costs])),
+            "rm_calls": float(np.mean([c.rm_calls for c in costs])),
+            "rm_tokens": float(np.mean([c.rm_tokens for c in costs])),
+            "rm_positions": float(np.mean([c.rm_positions for c in costs])),  # computed, reuse excluded
+            "peak_memory_bytes": int(max(c.peak_memory_bytes for c in costs)),
+            # r_star dataset: its value and what calibrating it cost in all (included above, shared out)
+            "r_star_calibration": next((r.details["r_star_calibration"] for r in cell.results
+                                        if "r_star_calibration" in (r.details or {})), None),
         }
         if cell is not reference:
             mine = cell.gold if judge == "gold" else rewards
             theirs = reference.gold if judge == "gold" else [r.reward for r in reference.results]
             row["vs_reference"] = win_rates(win_tie_lose(mine, theirs, spec.tie_margin), idx)
         if len(bon_cells) >= 2 and cell.method != "best-of-n":
-            row["speedup_seconds"] = speedup([[r.cost.seconds for r in b.results] for b in bon_cells],
+            row["speedup_seconds"] = speedup([[c.seconds for c in charged[b.name]] for b in bon_cells],
                                              [scores(b) for b in bon_cells], seconds, scores(cell), idx)
-            row["speedup_tokens"] = speedup([[r.cost.lm_tokens for r in b.results] for b in bon_cells],
+            row["speedup_tokens"] = speedup([[c.lm_tokens for c in charged[b.name]] for b in bon_cells],
                                             [scores(b) for b in bon_cells], tokens, scores(cell), idx)
         out_cells.append(row)
     return {

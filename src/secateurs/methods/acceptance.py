@@ -15,6 +15,7 @@ import math
 import statistics
 from dataclasses import dataclass
 
+from ..calibration import refuse_alone
 from ..errors import SecateursError
 from ..sampling import SamplingParams, child_key, uniform
 from .base import DecodingConfig, MethodPolicy, integer, option, real
@@ -27,22 +28,27 @@ _CALIBRATION_OFFSET = 1 << 20
 class RewardTarget:
     """r_star and acceptance settings of one run (see docs/algorithms.md)."""
 
-    r_star: float | str = option("auto", "CARDS / rejection sampling: target reward, or 'auto' to calibrate it "
-                                         "per prompt")
+    r_star: float | str = option("auto", "CARDS / rejection sampling: target reward; 'auto' calibrates it per "
+                                         "prompt, 'dataset' once on the first r_star_prompts prompts (the "
+                                         "authors' one r* per dataset; not in the server)")
     beta: float = option(0.7, "CARDS / rejection sampling: sampling and soft-acceptance temperature")
     acceptance: str = option("soft", "CARDS / rejection sampling: 'soft' accepts w.p. min(1, exp((r - tau) / "
                                      "beta)), 'hard' iff r >= tau")
     max_retries: int = option(20, "CARDS / rejection sampling: rejections after which one more candidate "
                                      "is drawn untested and the best of them all is taken (the authors')")
-    r_star_samples: int = option(4, "auto r_star: plainly sampled responses per prompt")
-    r_star_margin: float = option(0.5, "auto r_star = mean + margin x std of their rewards")
+    r_star_samples: int = option(4, "auto / dataset r_star: plainly sampled responses per prompt")
+    r_star_margin: float = option(0.5, "auto r_star = mean + margin x std of their rewards (dataset: the mean "
+                                       "of all, the mean of the prompts' std)")
+    r_star_prompts: int = option(8, "dataset r_star: prompts it is calibrated on")
     acceptance_scale: str = option("literal", "CARDS / rejection sampling: 'literal' takes beta in reward units "
                                               "(the paper's); 'spread' in units of the prompt's reward std, "
                                               "measured on the r_star_samples calibration samples")
 
     def validate_target(self) -> None:
-        if not (self.r_star == "auto" or real(self.r_star)):
-            raise SecateursError(f"r_star must be a finite number or 'auto', got {self.r_star!r}")
+        if not (self.r_star in ("auto", "dataset") or real(self.r_star)):
+            raise SecateursError(f"r_star must be a finite number, 'auto' or 'dataset', got {self.r_star!r}")
+        if not integer(self.r_star_prompts) or self.r_star_prompts < 1:
+            raise SecateursError(f"r_star_prompts must be an integer >= 1, got {self.r_star_prompts!r}")
         if not (real(self.beta) and self.beta > 0):
             raise SecateursError(f"beta must be a finite number > 0, got {self.beta!r}")
         if not isinstance(self.acceptance, str) or self.acceptance not in ("soft", "hard"):
@@ -105,6 +111,7 @@ class TargetedPolicy(MethodPolicy):
     Then `begin()` (with `self.calibration_samples` still readable); later events go to `on_result()`."""
 
     def start(self) -> None:
+        refuse_alone(self.config)  # a run sets r_star dataset to its number before scheduling (calibration.py)
         self.calibration_samples, self.calibration_rewards, self.scale = [], [], 1.0
         if self.config.needs_calibration():
             self.calibration = self.ctx.sample(range(self.config.r_star_samples),
