@@ -23,6 +23,8 @@ Methods:
   default reward that alone would take longer than everything else), its speedup measured against
   the Best-of-N curve on the same prompts;
 - CARDS, paper setting (acceptance_scale literal: beta 0.7 in reward units): soft with r_star auto;
+  soft and hard with r_star dataset (one r* calibrated on the first 8 prompts x 4 samples, its cost
+  shared out over the prompts: secateurs.calibration);
   hard with the paper's fixed r_star (mean + 0.5 std of this run's Best-of-1 rewards, one number
   for all prompts, so no calibration samples), with 1 and 4 proposals; hard with 4 proposals and
   r_star auto (first reward only);
@@ -50,6 +52,7 @@ from statistics import mean
 import numpy as np
 
 import secateurs
+from secateurs.bench.report import charged_costs
 from secateurs.bench.stats import resample_indices, speedup
 from secateurs.models import load_policy
 from secateurs.prompts import make_prompts
@@ -74,7 +77,9 @@ def methods(quick: bool, r_star: float, full: bool) -> list[tuple[str, str, dict
         ("rejection sampling", "rejection-sampling", {}),
         ("args", "args", {}),
         ("cards paper soft", "cards", {}),
+        ("cards paper soft dataset", "cards", dict(r_star="dataset")),
         ("cards paper hard r*", "cards", dict(acceptance="hard", r_star=r_star)),
+        ("cards paper hard dataset", "cards", dict(acceptance="hard", r_star="dataset")),
         ("cards paper hard r* x4", "cards", dict(acceptance="hard", r_star=r_star, proposals=4)),
         ("cards paper hard x4", "cards", dict(acceptance="hard", proposals=4)),
         ("cards spread hard x4", "cards", dict(acceptance="hard", acceptance_scale="spread", proposals=4)),
@@ -84,7 +89,8 @@ def methods(quick: bool, r_star: float, full: bool) -> list[tuple[str, str, dict
                                                       proposals=4)),
     ]
     if quick or not full:
-        out = [m for m in out if m[0] not in ("cards paper hard x4", "cards spread hard x4")]
+        out = [m for m in out if m[0] not in ("cards paper hard x4", "cards spread hard x4", "cards paper soft dataset",
+                                              "cards paper hard dataset")]
     return out
 
 
@@ -92,7 +98,10 @@ ARGS_EVERY = 4  # ARGS runs on prompts 0, 4, 8, ...
 
 
 def per_prompt(results, field):
-    return [getattr(r.cost, field) if field != "reward" else r.reward for r in results]
+    """Per prompt: the reward, or a cost including its share of an r_star dataset calibration (paid once)."""
+    if field == "reward":
+        return [r.reward for r in results]
+    return [getattr(c, field) for c in charged_costs(results)]
 
 
 def bon_curve(runs: dict, n_prompts: int) -> dict[int, dict[str, np.ndarray]]:
@@ -199,6 +208,13 @@ def main() -> None:
               f"AlpacaFarm), policy {policy.name}, max_new_tokens {args.max_new_tokens}, seed 0")
         print(f"cards paper hard r*: r_star {r_star:.3f} for every prompt (mean + 0.5 std of Best-of-1's rewards, "
               "the paper's recipe; that reference run's cost is not charged to it)")
+        for name, results in runs.items():
+            record = results[0].details.get("r_star_calibration")
+            if record:
+                c = record["cost"]
+                print(f"{name}: r_star {record['r_star']:.3f} calibrated on {record['prompts']} prompts x "
+                      f"{record['samples']} samples, once: {c['lm_tokens_prefilled'] + c['lm_tokens_decoded']} LM "
+                      f"tokens, {c['seconds']:.1f} s (shared out over the prompts below)")
         report(reward.name, runs, len(prompts), args.resamples)
 
 

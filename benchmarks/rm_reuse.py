@@ -69,10 +69,18 @@ def main() -> None:
           f"MiniLM tokenizer; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'method':40s} {'RM path':8s} {'RM calls':>8s} {'RM tokens':>9s} {'RM positions':>12s} {'RM s':>7s} "
           f"{'LM s':>7s} {'wall s':>7s}")
+    # vLLM engines are made once and kept: dropping one tears down vLLM's process-wide parallel state under
+    # the next (a second engine made after would fail), so each case starts from an emptied prefix cache instead.
+    served = {path: make_reward("vllm", folder, reuse) for path, reuse in (("scratch", False), ("reuse", True))} \
+        if args.rm == "vllm" else None
     for label, method, options in cases:
         answers, figures = {}, {}
         for path, reuse in (("scratch", False), ("reuse", True)):
-            reward = make_reward(args.rm, folder, reuse)
+            if served:
+                reward = served[path]
+                reward.engine.reset_prefix_cache()
+            else:
+                reward = make_reward(args.rm, folder, reuse)
             start = time.perf_counter()
             results = secateurs.align(prompts, policy=policy, reward=reward, method=method, seed=0, **options)
             wall = time.perf_counter() - start

@@ -167,7 +167,7 @@ def test_args_picks_logit_plus_weighted_reward(tiny_policy):
     (CardsConfig, {"min_segment_tokens": 8, "max_segment_tokens": 4}, "max_segment_tokens (4) must be an integer >= min_segment_tokens (8)"),
     (CardsConfig, {"acceptance": "maybe"}, "acceptance must be 'soft' or 'hard', got 'maybe'"),
     (CardsConfig, {"beta": 0}, "beta must be a finite number > 0, got 0"),
-    (CardsConfig, {"r_star": "high"}, "r_star must be a finite number or 'auto'"),
+    (CardsConfig, {"r_star": "high"}, "r_star must be a finite number, 'auto' or 'dataset'"),
     (CardsConfig, {"max_retries": 0}, "max_retries must be an integer >= 1"),
     (RejectionSamplingConfig, {"beta": -1}, "beta must be a finite number > 0"),
     (ArgsConfig, {"top_k": 0}, "top_k must be >= 1"),

@@ -158,7 +158,7 @@ def test_every_method_runs_and_resumes_from_the_cli(tiny_policy_folder, tmp_path
     (["--method", "speculative-rejection", "--decision-tokens", "8,x"], "--decision-tokens must be comma-separated"),
     (["--method", "cards", "--entropy-threshold", "0"], "--entropy-threshold must be > 0"),
     (["--method", "cards", "--acceptance", "lenient"], "--acceptance must be 'soft' or 'hard'"),
-    (["--method", "cards", "--r-star", "lots"], "--r-star must be a finite number or 'auto', got 'lots'"),
+    (["--method", "cards", "--r-star", "lots"], "--r-star must be a finite number, 'auto' or 'dataset', got 'lots'"),
     (["--method", "sampling", "--alpha", "0.5"], "--alpha does not apply to method 'sampling'"),
 ])
 def test_bad_method_options_are_named(tiny_policy_folder, tmp_path, args, message):
@@ -226,7 +226,7 @@ def test_each_method_flag_help_is_one_sentence_then_its_defaults():
 
 @pytest.mark.parametrize("args, message", [
     (["--max-new-tokens", "0"], "--max-new-tokens must be an integer >= 1, got 0"),
-    (["--max-batch-rows", "0"], "--max-batch-rows must be an integer >= 1, got 0"),
+    (["--max-batch-rows", "0"], "--max-batch-rows must be an integer >= 1 or auto, got 0"),
     (["--n", "4", "--max-batch-rows", "2"], "--n 4 candidates decode together"),
 ])
 def test_cli_errors_name_the_flags(tiny_policy_folder, tmp_path, args, message):

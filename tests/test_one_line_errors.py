@@ -143,7 +143,7 @@ def test_bench_yaml_of_the_wrong_type_is_one_line(setting, message, tmp_path, mo
     ("speculative-rejection:alpha=nan", "alpha must be in [0, 1), got nan"),
     ("speculative-rejection:decision-tokens=8,16/x", "decision_tokens must be"),
     ("cards:entropy-threshold=inf", "entropy_threshold must be > 0 and finite, got inf"),
-    ("cards:r-star=inf", "r_star must be a finite number or 'auto', got inf"),
+    ("cards:r-star=inf", "r_star must be a finite number, 'auto' or 'dataset', got inf"),
     ("args:weight=-inf", "weight must be a finite number, got -inf"),
     ("best-of-n::n=1", "bad method spec 'best-of-n::n=1'"),
 ])

@@ -115,6 +115,48 @@ def reward_bytes(reward, device: torch.device, text_tokens: int, rows: int = 1) 
     return int(needed)
 
 
+# max_batch_rows 'auto': on a CPU (and wherever free memory cannot be read) today's default; on a GPU the rows
+# memory admission lets fit at full length, at most MAX_AUTO_ROWS (past a few hundred rows a decode step is
+# compute-bound: more rows add latency, not throughput, and each holds its logits). Speculative Rejection with
+# its B0 from memory takes the authors' cap on B0 (its KV cache is bounded by the budget, not by the rows).
+CPU_AUTO_ROWS = 64
+MAX_AUTO_ROWS = 1024
+SERVE_PROMPT_TOKENS = 512  # the prompt length a server sizes 'auto' rows for (its prompts come later)
+
+
+def resolve_rows(config: DecodingConfig, policy: Policy, prompt_lengths: list[int], reward=None, backend=None,
+                 available: int | None = None, device: torch.device | None = None) -> DecodingConfig:
+    """`config` with max_batch_rows 'auto' made a number (see above); any other config as it is.
+    `available` and `device` override what the policy's device reports (for tests)."""
+    if config.max_batch_rows != "auto":
+        return config
+    device = torch.device(device) if device is not None else policy.device
+    longest = max(prompt_lengths or [1])
+    tokens = longest + config.max_new_tokens
+    rows = CPU_AUTO_ROWS
+    if device.type == "cuda":
+        from .methods.speculative_rejection import MAX_B0
+
+        if getattr(config, "memory_bounded", lambda: False)():
+            rows = MAX_B0
+        elif backend is not None and backend.name != "transformers":  # a paged engine: its own KV capacity
+            capacity = backend.kv_capacity_tokens()
+            rows = max(1, capacity // tokens) if capacity else CPU_AUTO_ROWS
+        else:
+            if available is None:
+                gc.collect()
+                torch.cuda.empty_cache()
+                available = available_bytes(device)
+            if available is not None:
+                per_row = tokens * policy.kv_bytes_per_token() + vocab_size(policy) * 4 * LOGITS_BUFFERS
+                rm = reward_bytes(reward, device, tokens, MAX_AUTO_ROWS) if reward is not None else 0
+                rows = int((available - rm * HEADROOM) // (per_row * HEADROOM))
+        rows = max(1, min(rows, MAX_AUTO_ROWS))
+    resolved = dataclasses.replace(config, max_batch_rows=rows)  # validates: n or proposals above the rows fail
+    log.info("max_batch_rows auto: %d rows on %s", rows, device)
+    return resolved
+
+
 def rows_at_most(config: DecodingConfig, n_prompts: int) -> int:
     """Rows the run can ever decode at once: max_batch_rows, or fewer when the prompts cannot fill them
     (each prompt holds at most its method's rows at once, or its r_star calibration samples)."""
@@ -174,7 +216,10 @@ def check_memory(policy: Policy, config: DecodingConfig, prompt_lengths: list[in
         return
     longest = max(prompt_lengths)
     tokens = longest + config.max_new_tokens
-    per_row = tokens * policy.kv_bytes_per_token() + vocab_size(policy) * 4 * LOGITS_BUFFERS
+    kv_per_row = tokens * policy.kv_bytes_per_token()
+    if policy.device.type == "cuda" and getattr(config, "memory_bounded", lambda: False)():
+        kv_per_row = 0  # Speculative Rejection's budget keeps its KV cache within free memory less the reserve
+    per_row = kv_per_row + vocab_size(policy) * 4 * LOGITS_BUFFERS
     rows = rows_at_most(config, len(prompt_lengths))
     rm = reward_bytes(reward, policy.device, tokens, rows) if reward is not None else 0
     needed = rows * per_row + rm

@@ -17,6 +17,7 @@ from .entry import INTERRUPTED
 from .backends import check_backend, check_method
 from .bench.spec import CONFIG_KEYS
 from .errors import SecateursError
+from .admission import SERVE_PROMPT_TOKENS, resolve_rows
 from .config import build_config, option_specs
 from .methods import get_method, method_names
 from .conversation import DEFAULT_PROMPT_FORMAT, PROMPT_FORMATS
@@ -430,6 +431,8 @@ def serve(method, policy, reward, seed, device, backend, rm_memory, host, port, 
     sock = _listen_socket(host, port)  # a taken port or a bad host fail before any model loads
     engine, loaded_policy, loaded_reward = load_models(policy, reward, backend, device=device, rm_memory=rm_memory,
                                                        prompt_format=prompt_format)
+    # Rows are the server's, shared by every request: 'auto' is sized once, for a SERVE_PROMPT_TOKENS prompt.
+    config = resolve_rows(config, loaded_policy, [SERVE_PROMPT_TOKENS], loaded_reward, engine)
     aligner = Aligner(loaded_policy, loaded_reward, max_batch_rows=config.max_batch_rows, backend=engine)
     # Requests that send no max_tokens get the default: one that cannot fit the context fails here, as in
     # `secateurs run`, not in every request.

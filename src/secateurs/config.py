@@ -105,7 +105,7 @@ def option_specs() -> dict[str, OptionSpec]:
 def parse_value(spec: OptionSpec, text: str, spelling: str = "cli") -> Any:
     """A command-line / bench-grid string as the option's type; errors name the option as `spelling`
     ('cli': --flag, 'python': the keyword) writes it."""
-    if spec.optional and text.lower() in ("none", "auto") and spec.kind is not str and spec.kind != (float, str):
+    if spec.optional and text.lower() in ("none", "auto") and spec.kind not in (str, (float, str), (int, str)):
         return None
     try:
         if spec.kind is int:
@@ -117,6 +117,11 @@ def parse_value(spec: OptionSpec, text: str, spelling: str = "cli") -> Any:
         elif spec.kind == (float, str):  # a number or a keyword (r_star: 'auto')
             try:
                 value = float(text)
+            except ValueError:
+                return text
+        elif spec.kind == (int, str):  # an integer or a keyword (max_batch_rows: 'auto')
+            try:
+                return int(text)
             except ValueError:
                 return text
         else:

@@ -178,6 +178,7 @@ def _user_paths() -> list[str]:
 def _prompts_per_batch(config: DecodingConfig) -> int:
     """Prompts whose rows fill one batch (`max_batch_rows`): a shard of fewer leaves rows idle."""
     rows = getattr(config, "max_batch_rows", 64)
+    rows = rows if integer(rows) else 64  # 'auto': each worker sizes its own batch; shards as for the default
     per_prompt = config.rows_per_prompt() if hasattr(config, "rows_per_prompt") else 1
     return max(1, int(rows) // max(1, int(per_prompt)))
 

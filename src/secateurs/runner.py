@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 from tqdm.auto import tqdm
 
 from . import __version__
-from .admission import check_memory, check_samples
+from .admission import check_memory, check_samples, resolve_rows
 from .backends import backend_fingerprint
 from .backends.base import check_capabilities
 from .backends.transformers import TransformersBackend
@@ -139,6 +139,8 @@ def run_prompts(prompts: Sequence[Prompt], method: str, config: DecodingConfig, 
     encoded = {}
     for p in prompts:
         encoded[p.id] = encode_prompt(policy, p, config)
+    # max_batch_rows 'auto' becomes the rows this device fits (a number, which the results' config shows).
+    config = resolve_rows(config, policy, [len(ids) for ids in encoded.values()], reward, backend)
     # A setting whose largest batch cannot fit fails now, not in the allocator (vLLM sizes its own cache).
     if encoded and (backend is None or backend.name == "transformers"):
         check_memory(policy, config, [len(ids) for ids in encoded.values()], reward=reward)

@@ -21,7 +21,7 @@ from .base import DecodingConfig, MethodPolicy, option, register
 class ArgsConfig(DecodingConfig):
     top_k: int = option(40, "; ARGS: candidate tokens the RM scores at each step")  # "; ": a note after the general help
     weight: float = option(1.5, "ARGS: w, how much the reward counts against the logit")
-    max_batch_rows: int = option(16, "; ARGS scores rows x top_k responses per step")
+    max_batch_rows: int | str = option(16, "; ARGS scores rows x top_k responses per step")
 
     def validate(self) -> None:
         super().validate()

@@ -58,7 +58,8 @@ class DecodingConfig:
     temperature: float = option(1.0, "sampling temperature (0: greedy)")
     top_k: int = option(50, "sample from the k most likely tokens (0, or k at least the vocabulary size: all tokens)")
     top_p: float = option(1.0, "nucleus sampling: smallest token set with this much probability")
-    max_batch_rows: int = option(64, "sequences decoded together: larger is faster on a GPU and needs more memory")
+    max_batch_rows: int | str = option(64, "sequences decoded together: larger is faster on a GPU and needs more "
+                                           "memory; 'auto': on a GPU what memory admission lets fit, on a CPU 64")
 
     def __post_init__(self):
         self.validate()
@@ -66,8 +67,11 @@ class DecodingConfig:
     def validate(self) -> None:
         for name in ("max_new_tokens", "max_batch_rows"):
             value = getattr(self, name)
+            if name == "max_batch_rows" and value == "auto":  # resolved to a number before a run (admission.py)
+                continue
             if not integer(value) or value < 1:
-                raise SecateursError(f"{name} must be an integer >= 1, got {value!r}")
+                raise SecateursError(f"{name} must be an integer >= 1{' or auto' if name == 'max_batch_rows' else ''}"
+                                     f", got {value!r}")
         self.sampling()  # validates temperature, top_k, top_p
 
     def sampling(self) -> SamplingParams:

@@ -34,7 +34,7 @@ class BeamSearchConfig(DecodingConfig):
         if self.beam_width > self.n:
             raise SecateursError(f"beam_width ({self.beam_width}) must be at most n ({self.n})")
         self.step = check_step(self.step)
-        if self.n > self.max_batch_rows:
+        if integer(self.max_batch_rows) and self.n > self.max_batch_rows:
             raise SecateursError(f"n={self.n} rows decode together but max_batch_rows is {self.max_batch_rows}: "
                                  "lower --n or raise --max-batch-rows")
 

@@ -79,7 +79,7 @@ class CardsConfig(TargetedConfig):
             raise SecateursError(f"proposals must be an integer >= 1, got {self.proposals!r}")
         if not isinstance(self.prefix_calibration, str) or self.prefix_calibration not in ("on", "off"):
             raise SecateursError(f"prefix_calibration must be 'on' or 'off', got {self.prefix_calibration!r}")
-        if self.proposals > self.max_batch_rows:
+        if integer(self.max_batch_rows) and self.proposals > self.max_batch_rows:
             raise SecateursError(f"proposals={self.proposals} decode together but max_batch_rows is "
                                  f"{self.max_batch_rows}: lower --proposals or raise --max-batch-rows")
 

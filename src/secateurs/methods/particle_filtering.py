@@ -53,7 +53,7 @@ class ParticleFilteringConfig(DecodingConfig):
             raise SecateursError(f"weight_temperature must be a finite number > 0, got {self.weight_temperature!r}")
         if self.answer not in ANSWERS:
             raise SecateursError(f"answer must be one of {', '.join(ANSWERS)}, got {self.answer!r}")
-        if self.n > self.max_batch_rows:
+        if integer(self.max_batch_rows) and self.n > self.max_batch_rows:
             raise SecateursError(f"n={self.n} particles decode together but max_batch_rows is {self.max_batch_rows}: "
                                  "lower --n or raise --max-batch-rows")
 

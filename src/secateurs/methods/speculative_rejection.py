@@ -108,13 +108,19 @@ class SpeculativeRejectionConfig(DecodingConfig):
             self.decision_tokens = points
         if self.final_pool not in FINAL_POOLS:
             raise SecateursError(f"final_pool must be one of {', '.join(FINAL_POOLS)}, got {self.final_pool!r}")
-        if self.n is not None and self.n > self.max_batch_rows:
+        if self.n is not None and integer(self.max_batch_rows) and self.n > self.max_batch_rows:
             raise SecateursError(f"n={self.n} candidates decode together (each decision ranks all of them), but "
                                  f"max_batch_rows is {self.max_batch_rows}: lower --n or raise --max-batch-rows")
 
     def rows_per_prompt(self) -> int:
         # B0 from memory is known only once the prompt's length is: reserve all rows (one prompt at a time).
         return self.n if self.n is not None else self.max_batch_rows
+
+    def memory_bounded(self) -> bool:
+        """Its B0 and decisions come from the device's free memory (no n, budget or schedule given): on a GPU
+        its KV cache never exceeds what is free less the reserve, whatever max_batch_rows is."""
+        return self.n is None and self.kv_budget_tokens is None and self.memory_gib is None \
+            and self.decision_tokens is None
 
     def in_flight(self) -> int:
         """Prompts decoding at once, which share a memory budget (one when B0 fills the memory)."""
