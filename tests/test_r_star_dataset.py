@@ -88,3 +88,31 @@ def test_bad_r_star_values_are_named():
         CardsConfig(r_star="data").validate()
     with pytest.raises(SecateursError, match="r_star_prompts must be an integer >= 1, got 0"):
         CardsConfig(r_star="dataset", r_star_prompts=0).validate()
+
+
+def test_bench_shows_cards_cost_with_and_without_calibration(tiny_policy_folder, tmp_path):
+    from click.testing import CliRunner
+
+    from secateurs.cli import cli
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"q{i}", "prompt": t}) + "\n" for i, t in enumerate(TEXTS[:4])))
+    out = tmp_path / "bench"
+    result = CliRunner().invoke(cli, [str(a) for a in [
+        "bench", "--prompts", prompts, "--methods", "cards:r_star=auto,dataset:r_star_prompts=2:max_retries=2",
+        "--out", out, "--policy", tiny_policy_folder, "--reward", "sentiment", "--max-new-tokens", "8",
+        "--bootstrap", "100"]])
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "summary.json").read_text())
+    cells = {c["name"]: c for c in summary["cells"]}
+    dataset = cells["cards r_star=dataset r_star_prompts=2 max_retries=2"]
+    auto = cells["cards r_star=auto r_star_prompts=2 max_retries=2"]
+    assert auto["r_star_calibration"] is None
+    record = dataset["r_star_calibration"]
+    own = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()
+           if json.loads(line)["cell"] == "cards r_star=dataset r_star_prompts=2 max_retries=2"]
+    mean_own = statistics.fmean(r["cost"]["lm_tokens_prefilled"] + r["cost"]["lm_tokens_decoded"] for r in own)
+    calibration = record["cost"]["lm_tokens_prefilled"] + record["cost"]["lm_tokens_decoded"]
+    assert calibration > 0
+    assert dataset["lm_tokens"] == pytest.approx(mean_own + calibration / 4)  # paid once, shared by the 4 prompts
+    assert f"r_star {record['r_star']:.3f}, calibrated once on 2 prompts x 4 samples" in result.output

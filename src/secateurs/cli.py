@@ -315,6 +315,7 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
           id_field, split, use_ray, ray_address, workers, gpus_per_worker) -> None:
     """Run several methods on the same prompts, policy, reward and seed; write results, plots and a report."""
     from .bench import BenchSpec, cells_from_yaml, parse_method_spec, run_bench, write_report
+    from .bench.report import calibration_lines
 
     data = {}
     if config_path is not None:
@@ -357,6 +358,8 @@ def bench(more_methods, first_method, config_path, prompts_path, out, policy, re
     for c in summary["cells"]:
         click.echo(f"{c['name']:36s} {c['reward']['value']:8.3f} {c['seconds']['value']:8.2f} "
                    f"{c['lm_tokens']:10.0f} {c['lm_positions']:12.0f} {c['rm_calls']:9.1f} {c['rm_positions']:12.0f}")
+    for line in calibration_lines(summary):
+        click.echo(line)
     click.echo(f"report: {spec.out / 'report.html'}")
 
 

@@ -194,6 +194,19 @@ def _wins(w: dict | None) -> str:
     return text + (" <em>no difference</em>" if w["no_difference"] else "")
 
 
+def calibration_lines(summary: dict) -> list[str]:
+    """One line per cell whose r_star was calibrated once for the set (r_star dataset): its value and cost."""
+    lines = []
+    for c in summary["cells"]:
+        record = c.get("r_star_calibration")
+        if record:
+            cost = record["cost"]
+            lines.append(f"{c['name']}: r_star {record['r_star']:.3f}, calibrated once on {record['prompts']} prompts x "
+                         f"{record['samples']} samples for {cost['lm_tokens_prefilled'] + cost['lm_tokens_decoded']} "
+                         f"LM tokens and {cost['seconds']:.1f} s in all (shared out over the prompts in its row)")
+    return lines
+
+
 def render_html(summary: dict, prompts, cells: list[CellResults], images: dict[str, bytes]) -> str:
     s = summary["setting"]
     head = ["method", "reward (95% CI)", "gold reward", "improvement score", f"win / tie / lose % vs {summary['reference']}",
@@ -219,6 +232,7 @@ def render_html(summary: dict, prompts, cells: list[CellResults], images: dict[s
                        f"{html.escape(c.results[i].response)}</td>" for c in cells)
         examples.append(f"<h3>{html.escape(prompt.id)}: {html.escape(prompt.text)}</h3><table><tr>{cols}</tr></table>")
     versions = ", ".join(f"{k} {v}" for k, v in summary["versions"].items())
+    calibrations = "".join(f"<p>{html.escape(line)}</p>" for line in calibration_lines(summary))
     notes = (f"Means over {s['prompts']} prompts with 95% bootstrap intervals ({summary['bootstrap_resamples']} "
              f"resamples over prompts). Improvement score: 100 = the best of {summary['improvement_reference']}'s "
              "candidates for the prompt, 0 = the worst. Win / tie / lose: judged by the "
@@ -235,7 +249,7 @@ code{{background:#f3f3f3;padding:2px 4px}}img{{max-width:100%}}</style></head><b
 <p>Policy <b>{html.escape(str(s['policy']))}</b>, reward <b>{html.escape(str(s['reward']))}</b>, gold reward
 <b>{html.escape(str(s['gold_reward']))}</b>, seed {s['seed']}, device {html.escape(s['device'])}.</p>
 <p>Command: <code>{html.escape(summary['command'])}</code></p><p>Versions: {html.escape(versions)}</p>
-{table}<p>{notes}</p>{pictures}<h2>Examples</h2>{''.join(examples)}</body></html>"""
+{table}{calibrations}<p>{notes}</p>{pictures}<h2>Examples</h2>{''.join(examples)}</body></html>"""
 
 
 def write_report(spec: BenchSpec, prompts, cells: list[CellResults], setting: dict) -> dict:

@@ -37,7 +37,9 @@ each candidate holds its own copy), in order of precedence:
 - else the device: on a GPU its free memory less the authors' 15 GiB reserve, measured as theirs
   (admission.kv_budget_bytes: after torch.cuda.empty_cache, free + reserved - allocated, the rows
   of earlier prompts counted as free, so B0 never depends on the prompts before); on a CPU, whose
-  RAM would never bring a decision, a fixed CPU_KV_BUDGET_TOKENS per prompt (not tied to n).
+  RAM would never bring a decision, B0 is the rule's on CPU_KV_BUDGET_TOKENS (at most max_batch_rows)
+  and the budget B0 x (P + first_decision_tokens), so the first decision falls first_decision_tokens
+  in, as with n given.
 
 The final pool (`final_pool`): finished candidates compete for the kept slots at every decision.
 'authors' (the default, their code): a finished candidate that survived one decision stays
@@ -81,8 +83,9 @@ class SpeculativeRejectionConfig(DecodingConfig):
                                             "instead of kv_budget_tokens")
     decision_tokens: tuple[int, ...] | None = option(None, "Speculative Rejection: explicit response lengths to "
                                                            "reject at (e.g. 16,32,64), instead of a budget")
-    first_decision_tokens: int = option(16, "Speculative Rejection: with n given and no budget, the budget is "
-                                            "n x (prompt + this many tokens)")
+    first_decision_tokens: int = option(16, "Speculative Rejection: where the first decision falls when memory "
+                                            "does not set it (n given and no budget: n x (prompt + this); on a "
+                                            "CPU: B0 x (prompt + this))")
     final_pool: str = option("authors", "Speculative Rejection: answer from the finished candidates that survived "
                                         "any decision ('authors', their code) or only those still kept at the end "
                                         "('survivors')")
@@ -188,7 +191,13 @@ class SpeculativeRejection(MethodPolicy):
                                      f"{prompt_len}-token prompt plus {MIN_SEGMENT_TOKENS} tokens "
                                      f"(needs >= {prompt_len + MIN_SEGMENT_TOKENS})")
             b0 = min(rule, config.max_batch_rows)
-            if b0 < rule and config.decision_tokens is None:
+            if source.startswith("CPU default"):
+                # A CPU's RAM never fills: the budget is set so the first decision comes first_decision_tokens in,
+                # where partial scores start to predict final ones (benchmarks/prefix_correlation.py), not the 8
+                # tokens in that the rule's B0 alone would give.
+                budget, source = b0 * (prompt_len + config.first_decision_tokens), \
+                    f"CPU: B0 x (prompt + first_decision_tokens={config.first_decision_tokens})"
+            elif b0 < rule and config.decision_tokens is None:
                 # Fewer rows than the rule's B0: give them the same share of memory each, so the
                 # decisions fall where the rule's B0 would put them.
                 budget, source = budget * b0 // rule, f"{source}, x {b0}/{rule} (B0 capped at max_batch_rows)"
