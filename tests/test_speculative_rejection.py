@@ -4,7 +4,7 @@ import pytest
 
 from secateurs.errors import SecateursError
 from secateurs.methods import BestOfNConfig, SpeculativeRejectionConfig
-from secateurs.methods.speculative_rejection import keep_count
+from secateurs.methods.speculative_rejection import SpeculativeRejectionConfig, keep_count
 from secateurs.policy import Policy
 from secateurs.prompts import make_prompts
 from secateurs.rewards import Reward, load_reward
@@ -252,8 +252,10 @@ def test_default_run_without_n_rejects_on_a_cpu(tiny_policy, reward):
     for r in results:
         d = r.details
         assert d["b0_rule"] == min(CPU_KV_BUDGET_TOKENS // (len(tiny_policy.encode(next(p for p in PROMPTS if p.id == r.id))) + 8), 1000)
-        assert d["b0"] == min(d["b0_rule"], 64) and d["budget_source"].startswith("CPU default")
+        assert d["b0"] == min(d["b0_rule"], 64) and d["budget_source"].startswith("CPU: B0 x (prompt")
         assert d["rounds"] > 0 and "no_decision" not in d
+        # The first decision comes first_decision_tokens in, not where the rule's B0 alone would fill (8 tokens).
+        assert d["decision_points"][0] == SpeculativeRejectionConfig().first_decision_tokens
 
 
 def test_n_without_a_budget_still_decides(tiny_policy, reward):
