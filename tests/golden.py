@@ -25,8 +25,8 @@ CASES = [
     ("speculative-rejection", {"n": 8, "alpha": 0.5, "max_new_tokens": 48}),
     ("speculative-rejection", {"n": 6, "alpha": 0.7, "max_new_tokens": 30, "decision_tokens": (4, 9, 20)}),
     ("cards", {"acceptance": "hard", "r_star": 1.75, "max_new_tokens": 24, "max_retries": 5}),
-    ("cards", {"acceptance": "hard", "max_new_tokens": 16, "proposals": 2, "max_retries": 4}),
-    ("cards", {"acceptance": "soft", "max_new_tokens": 20, "proposals": 3}),
+    ("cards", {"acceptance": "hard", "max_new_tokens": 16, "proposals": 2, "max_retries": 4, "r_star": "auto"}),
+    ("cards", {"acceptance": "soft", "max_new_tokens": 20, "proposals": 3, "r_star": "auto"}),
     ("rejection-sampling", {"acceptance": "hard", "max_new_tokens": 12, "max_retries": 6}),
     ("args", {"top_k": 5, "max_new_tokens": 6}),
 ]

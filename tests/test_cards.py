@@ -100,7 +100,7 @@ def test_parallel_proposals_agree_with_the_sequential_rule(tiny_policy):
     reward = load_reward("sentiment+civility")
     for proposals in (1, 3):
         results = run(tiny_policy, reward, "cards", CardsConfig(max_new_tokens=24, proposals=proposals,
-                                                                 r_star_samples=2, acceptance="hard"))
+                                                                 r_star_samples=2, acceptance="hard", r_star="auto"))
         for r in results:
             d = r.details
             assert math.isfinite(d["r_star"]) and len(d["r_star_calibration_rewards"]) == 2

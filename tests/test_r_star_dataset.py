@@ -72,15 +72,35 @@ def test_every_shard_gets_the_whole_files_r_star(tiny_policy_folder, tmp_path, m
     assert all(len(a) == 1 for a in answers.values()) and len(answers) == len(TEXTS)
 
 
-def test_a_request_answered_alone_refuses_dataset_r_star(tiny_policy, reward):
+def test_a_request_answered_alone_runs_dataset_as_auto(tiny_policy, reward):
+    """The request is its own prompt set, and the dataset formula on one prompt is auto's."""
     import asyncio
 
     aligner = Aligner(tiny_policy, reward, max_batch_rows=8)
     try:
-        with pytest.raises(SecateursError, match="^r_star 'dataset' is calibrated once on a prompt set"):
-            asyncio.run(aligner.submit("how do i make tea", method="cards", r_star="dataset", max_new_tokens=4))
+        async def both():
+            options = dict(method="cards", max_new_tokens=8, prompt_id="tea", max_retries=3)
+            return (await aligner.submit("how do i make tea", r_star="dataset", **options),
+                    await aligner.submit("how do i make tea", **options),  # CARDS' default: dataset
+                    await aligner.submit("how do i make tea", r_star="auto", **options))
+        dataset, default, auto = asyncio.run(both())
     finally:
         aligner.close()
+    assert dataset.response == default.response == auto.response
+    assert dataset.config["r_star"] == default.config["r_star"] == "auto"
+    assert dataset.details["r_star"] == auto.details["r_star"]
+
+
+def test_a_method_started_with_dataset_unresolved_is_one_line(tiny_policy, reward):
+    from secateurs.calibration import refuse_unresolved
+
+    with pytest.raises(SecateursError, match="^r_star 'dataset' is calibrated once on a prompt set before a run"):
+        refuse_unresolved(CardsConfig())
+    refuse_unresolved(CardsConfig(r_star="auto"))
+
+
+def test_cards_defaults_to_dataset_and_rejection_sampling_to_auto():
+    assert CardsConfig().r_star == "dataset" and RejectionSamplingConfig().r_star == "auto"
 
 
 def test_bad_r_star_values_are_named():

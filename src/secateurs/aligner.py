@@ -19,7 +19,7 @@ from typing import Any
 from .admission import check_samples
 from .backends.base import check_capabilities
 from .backends.transformers import TransformersBackend
-from .calibration import refuse_alone
+from .calibration import alone
 from .config import build_config
 from .errors import SecateursError
 from .methods import get_method
@@ -62,7 +62,7 @@ class Aligner:
                 **options: Any) -> Request:
         """A validated request (bad options or a too-long prompt raise SecateursError here, before queueing)."""
         config = build_config(method, options)
-        refuse_alone(config)  # r_star dataset needs a prompt set
+        config = alone(config)  # r_star dataset: the request is its own prompt set, i.e. auto
         check_capabilities(self.backend, method, get_method(method).needs)  # e.g. ARGS on vllm: refused now
         check_samples(config, 1)  # a huge n is refused here, before any sample exists
         p = prompt if isinstance(prompt, Prompt) else make_prompt(prompt, prompt_id or "0")

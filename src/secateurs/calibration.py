@@ -14,7 +14,11 @@ the value and the calibration's cost, paid once for the set (bench adds it once 
 totals). Samples are keyed by (seed, "<prompt id>#r_star/<j>"), so the value depends on the seed
 and on which prompts come first, never on batching; `run --shard` calibrates on the whole
 file's first prompts, so every slice gets the same r*. A run resumed calibrates again (same
-value, same cost) before it knows which prompts are done.
+value, same cost) before it knows which prompts are done. A request answered alone (Aligner, the
+server) is its own prompt set: there `dataset` runs as `auto`, the same formula on one prompt.
+
+CARDS defaults to `dataset` (benchmarks/cards.py: a higher reward than `auto` at a lower cost,
+calibration included); rejection sampling keeps `auto` (not measured).
 """
 
 from __future__ import annotations
@@ -32,11 +36,17 @@ def wants_dataset_r_star(config) -> bool:
     return getattr(config, "r_star", None) == "dataset"
 
 
-def refuse_alone(config) -> None:
-    """A request answered alone (Aligner, the server) has no prompt set to calibrate on: one line."""
+def alone(config):
+    """The config of a request answered alone (Aligner, the server): its prompt is its whole set, and the dataset
+    formula on one prompt is auto's (mean + margin x that prompt's std), so r_star dataset runs as auto there."""
+    return dataclasses.replace(config, r_star="auto") if wants_dataset_r_star(config) else config
+
+
+def refuse_unresolved(config) -> None:
+    """A method started with r_star still 'dataset' bypassed run_prompts and the Aligner: one line."""
     if wants_dataset_r_star(config):
-        raise SecateursError("r_star 'dataset' is calibrated once on a prompt set (secateurs run / bench / align); "
-                             "a request answered alone takes a number or 'auto'")
+        raise SecateursError("r_star 'dataset' is calibrated once on a prompt set before a run (secateurs run / "
+                             "bench / align); give a number or 'auto'")
 
 
 def calibration_prompts(prompts: Sequence[Prompt], config) -> list[Prompt]:

@@ -15,11 +15,14 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from ..calibration import refuse_alone
+from ..calibration import refuse_unresolved
 from ..errors import SecateursError
 from ..sampling import SamplingParams, child_key, uniform
 from .base import DecodingConfig, MethodPolicy, integer, option, real
 
+R_STAR_HELP = ("CARDS / rejection sampling: target reward; a number, 'auto' (calibrated per prompt) or 'dataset' "
+               "(calibrated once on the first r_star_prompts prompts: the authors' one r* per set; a request "
+               "served alone runs it as auto)")
 # Calibration samples use keys far from the method's own samples, so they are independent of them.
 _CALIBRATION_OFFSET = 1 << 20
 
@@ -28,9 +31,7 @@ _CALIBRATION_OFFSET = 1 << 20
 class RewardTarget:
     """r_star and acceptance settings of one run (see docs/algorithms.md)."""
 
-    r_star: float | str = option("auto", "CARDS / rejection sampling: target reward; 'auto' calibrates it per "
-                                         "prompt, 'dataset' once on the first r_star_prompts prompts (the "
-                                         "authors' one r* per dataset; not in the server)")
+    r_star: float | str = option("auto", R_STAR_HELP)
     beta: float = option(0.7, "CARDS / rejection sampling: sampling and soft-acceptance temperature")
     acceptance: str = option("soft", "CARDS / rejection sampling: 'soft' accepts w.p. min(1, exp((r - tau) / "
                                      "beta)), 'hard' iff r >= tau")
@@ -111,7 +112,7 @@ class TargetedPolicy(MethodPolicy):
     Then `begin()` (with `self.calibration_samples` still readable); later events go to `on_result()`."""
 
     def start(self) -> None:
-        refuse_alone(self.config)  # a run sets r_star dataset to its number before scheduling (calibration.py)
+        refuse_unresolved(self.config)  # a run sets r_star dataset to its number before scheduling (calibration.py)
         self.calibration_samples, self.calibration_rewards, self.scale = [], [], 1.0
         if self.config.needs_calibration():
             self.calibration = self.ctx.sample(range(self.config.r_star_samples),

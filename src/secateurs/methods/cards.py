@@ -46,12 +46,15 @@ import torch
 
 from ..backends.base import BATCH_INVARIANT, KV_PRUNE, REWIND, STOP_RULE, StepView
 from ..errors import SecateursError
-from .acceptance import TargetedConfig, TargetedPolicy, accepts
+from .acceptance import R_STAR_HELP, TargetedConfig, TargetedPolicy, accepts
 from .base import integer, option, real, register
 
 
 @dataclass
 class CardsConfig(TargetedConfig):
+    # dataset: one r* per prompt set, as the authors; measured against auto (benchmarks/cards.py, README):
+    # higher reward at lower cost, the calibration paid once instead of 4 full samples per prompt.
+    r_star: float | str = option("dataset", R_STAR_HELP)
     entropy_threshold: float = option(3.0, "CARDS: end a segment before a token whose next-token entropy "
                                            "(nats) is at least this")
     min_segment_tokens: int = option(4, "CARDS: shortest segment")
