@@ -62,8 +62,10 @@ def test_rows_are_what_the_prompts_can_use_at_most():
     assert rows_at_most(build_config("best-of-n", {"n": 2, "max_batch_rows": 10**9}), 3) == 6
     assert rows_at_most(build_config("best-of-n", {"n": 500, "max_batch_rows": 64}), 3) == 64
     # auto r_star calibrates with r_star_samples rows per prompt
-    assert rows_at_most(build_config("cards", {"max_batch_rows": 100}), 2) == 8
+    assert rows_at_most(build_config("cards", {"max_batch_rows": 100, "r_star": "auto"}), 2) == 8
     assert rows_at_most(build_config("cards", {"max_batch_rows": 100, "r_star": 1.0}), 2) == 2
+    # dataset r_star calibrates in a run of its own before (its own rows), so a prompt holds its one row
+    assert rows_at_most(build_config("cards", {"max_batch_rows": 100}), 2) == 2
 
 
 def test_unreadable_memory_means_no_check(tiny_policy, monkeypatch):

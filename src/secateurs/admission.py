@@ -173,8 +173,8 @@ def samples_held(config: DecodingConfig) -> tuple[int, str]:
     held = [(config.rows_per_prompt(), "max_batch_rows")]
     if integer(getattr(config, "n", None)):
         held.append((config.n, "n"))
-    if getattr(config, "needs_calibration", lambda: False)():
-        held.append((config.r_star_samples, "r_star_samples"))
+    if getattr(config, "needs_calibration", lambda: False)() or getattr(config, "r_star", None) == "dataset":
+        held.append((config.r_star_samples, "r_star_samples"))  # dataset: its calibration run keeps them too
     if isinstance(config, RejectionSamplingConfig):  # it keeps every rejected candidate
         held.append((config.max_retries, "max_retries"))
     return max(held)
