@@ -356,7 +356,7 @@ def main(argv=None) -> dict:
     new_tokens = 8 if smoke else 256
     ns = (2, 4) if smoke else (16, 64)
     sr_rows = 16  # smoke only; on a GPU from memory (rows_that_fit)
-    sr_tokens = 32 if smoke else 512  # long enough that B0 from memory fills the cache before the end
+    sr_tokens = 64 if smoke else 512  # long enough that B0 from memory fills the cache before the end
     prompts = builtin_prompts()[:2]
 
     report: dict = dict(device=torch.cuda.get_device_name(0) if device.type == "cuda" else "cpu",

@@ -22,7 +22,7 @@ CASES = [
     ("sampling", {"max_new_tokens": 12}),
     ("best-of-n", {"n": 5, "max_new_tokens": 12}),
     ("best-of-n", {"n": 6, "max_new_tokens": 10, "temperature": 0.8, "top_p": 0.9, "max_batch_rows": 4}),
-    ("speculative-rejection", {"n": 8, "alpha": 0.5, "max_new_tokens": 48}),
+    ("speculative-rejection", {"n": 8, "alpha": 0.5, "max_new_tokens": 48, "first_decision_tokens": 16}),
     ("speculative-rejection", {"n": 6, "alpha": 0.7, "max_new_tokens": 30, "decision_tokens": (4, 9, 20)}),
     ("cards", {"acceptance": "hard", "r_star": 1.75, "max_new_tokens": 24, "max_retries": 5}),
     ("cards", {"acceptance": "hard", "max_new_tokens": 16, "proposals": 2, "max_retries": 4, "r_star": "auto"}),

@@ -25,7 +25,7 @@ def sr(policy, reward, prompts=PROMPTS, **options):
 
 def test_alpha_zero_equals_best_of_n_token_for_token(tiny_policy, reward):
     bon = run_prompts(PROMPTS, "best-of-n", BestOfNConfig(n=8, max_new_tokens=30), tiny_policy, reward)
-    spec = sr(tiny_policy, reward, n=8, alpha=0.0, max_new_tokens=30)
+    spec = sr(tiny_policy, reward, n=8, alpha=0.0, max_new_tokens=30, first_decision_tokens=16)
     for b, s in zip(bon, spec):
         assert s.response == b.response and s.reward == b.reward
         assert s.details["best_index"] == b.details["best_index"]
@@ -54,8 +54,8 @@ def test_explicit_decision_schedule(tiny_policy, reward):
 
 
 def test_results_do_not_depend_on_prompts_in_flight(tiny_policy, reward):
-    one = sr(tiny_policy, reward, n=6, alpha=0.5, max_new_tokens=30, max_batch_rows=6)
-    three = sr(tiny_policy, reward, n=6, alpha=0.5, max_new_tokens=30, max_batch_rows=20)
+    one = sr(tiny_policy, reward, n=6, alpha=0.5, max_new_tokens=30, max_batch_rows=6, first_decision_tokens=16)
+    three = sr(tiny_policy, reward, n=6, alpha=0.5, max_new_tokens=30, max_batch_rows=20, first_decision_tokens=16)
     assert [r.response for r in one] == [r.response for r in three]
     assert [r.cost.tokens_generated for r in one] == [r.cost.tokens_generated for r in three]
     assert all(r.details["rounds"] > 0 for r in one)
@@ -261,7 +261,7 @@ def test_default_run_without_n_rejects_on_a_cpu(tiny_policy, reward):
 def test_n_without_a_budget_still_decides(tiny_policy, reward):
     for r in sr(tiny_policy, reward, n=16, max_new_tokens=60):
         assert r.details["rounds"] > 0 and r.details["b0"] == 16
-        assert r.details["decision_points"][0] == 16  # first_decision_tokens
+        assert r.details["decision_points"][0] == 32  # first_decision_tokens (default)
 
 
 def test_a_budget_that_allows_no_decision_says_so(tiny_policy, reward, caplog):
