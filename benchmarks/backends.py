@@ -45,8 +45,10 @@ def methods(n: int, max_new_tokens: int) -> dict[str, tuple[str, dict]]:
     common = {"max_new_tokens": max_new_tokens, "max_batch_rows": max(64, n)}
     return {
         f"best-of-n n={n}": ("best-of-n", {"n": n, **common}),
-        f"speculative-rejection n={n}": ("speculative-rejection", {"n": n, "alpha": 0.5, **common}),
-        "cards": ("cards", {**common, "max_batch_rows": 64}),
+        # first_decision_tokens 16 and r_star auto: the defaults when the README's figures were measured
+        f"speculative-rejection n={n}": ("speculative-rejection", {"n": n, "alpha": 0.5, "first_decision_tokens": 16,
+                                                                   **common}),
+        "cards": ("cards", {**common, "max_batch_rows": 64, "r_star": "auto"}),
     }
 
 

@@ -73,19 +73,20 @@ def load_prompts(count: int):
 def methods(quick: bool, r_star: float, full: bool) -> list[tuple[str, str, dict]]:
     """r_star: the paper's fixed target for this reward, a little above plain sampling's mean.
     full: every variant (else the core ones: the rewards after the first, to keep the run short)."""
+    auto = dict(r_star="auto")  # per-prompt calibration (CARDS' default is dataset: the rows that say so)
     out = [
         ("rejection sampling", "rejection-sampling", {}),
         ("args", "args", {}),
-        ("cards paper soft", "cards", {}),
+        ("cards paper soft", "cards", dict(auto)),
         ("cards paper soft dataset", "cards", dict(r_star="dataset")),
         ("cards paper hard r*", "cards", dict(acceptance="hard", r_star=r_star)),
         ("cards paper hard dataset", "cards", dict(acceptance="hard", r_star="dataset")),
         ("cards paper hard r* x4", "cards", dict(acceptance="hard", r_star=r_star, proposals=4)),
-        ("cards paper hard x4", "cards", dict(acceptance="hard", proposals=4)),
-        ("cards spread hard x4", "cards", dict(acceptance="hard", acceptance_scale="spread", proposals=4)),
-        ("cards spread+prefix hard x4", "cards", dict(acceptance="hard", acceptance_scale="spread",
+        ("cards paper hard x4", "cards", dict(auto, acceptance="hard", proposals=4)),
+        ("cards spread hard x4", "cards", dict(auto, acceptance="hard", acceptance_scale="spread", proposals=4)),
+        ("cards spread+prefix hard x4", "cards", dict(auto, acceptance="hard", acceptance_scale="spread",
                                                       prefix_calibration="on", proposals=4)),
-        ("cards spread+prefix soft x4", "cards", dict(acceptance_scale="spread", prefix_calibration="on",
+        ("cards spread+prefix soft x4", "cards", dict(auto, acceptance_scale="spread", prefix_calibration="on",
                                                       proposals=4)),
     ]
     if quick or not full:

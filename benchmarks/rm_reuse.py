@@ -63,8 +63,8 @@ def main() -> None:
     prompts = make_prompts([d["prompt"] for d in json.loads(DATA.read_text())[:args.prompts]])
     policy = load_policy()
     folder = make_rm(Path(tempfile.mkdtemp(prefix="rm_reuse.")), args.layers)
-    cases = [("speculative-rejection n=32, 256 tokens", "speculative-rejection", dict(n=32, max_new_tokens=256)),
-             ("cards, 128 tokens", "cards", dict(max_new_tokens=128))]
+    cases = [("speculative-rejection n=32, 256 tokens", "speculative-rejection", dict(n=32, max_new_tokens=256, first_decision_tokens=16)),
+             ("cards, 128 tokens", "cards", dict(max_new_tokens=128, r_star="auto"))]  # as measured
     print(f"{len(prompts)} prompts; policy {policy.name}; RM ({args.rm}:): random {args.layers}-layer Llama classifier, "
           f"MiniLM tokenizer; torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(f"{'method':40s} {'RM path':8s} {'RM calls':>8s} {'RM tokens':>9s} {'RM positions':>12s} {'RM s':>7s} "

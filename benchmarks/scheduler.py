@@ -91,7 +91,7 @@ def main() -> None:
     common = {"max_new_tokens": args.max_new_tokens, "max_batch_rows": args.max_batch_rows}
     methods = [("best-of-n n=8", "best-of-n", {"n": 8}),
                ("speculative-rejection n=16", "speculative-rejection", {"n": 16}),
-               ("cards", "cards", {})]
+               ("cards", "cards", {"r_star": "auto"})]  # 0.1.0's only calibration (today's default: dataset)
     methods = [m for m in methods if m[1] in args.methods.split(",")]
     old_src = checkout_v010() / "src"
     print(f"{len(prompts)} AlpacaFarm prompts, default policy and reward, {args.max_new_tokens} new tokens, "

@@ -25,8 +25,9 @@ def methods(n: int, step: int) -> list[tuple[str, str, dict]]:
         (f"best-of-{n // 2}", "best-of-n", dict(n=n // 2)),
         (f"best-of-{n}", "best-of-n", dict(n=n)),
         (f"best-of-{2 * n}", "best-of-n", dict(n=2 * n)),
-        ("speculative rejection", "speculative-rejection", dict(n=n)),
-        ("cards", "cards", {}),
+        # first_decision_tokens 16 and r_star auto: the defaults when the README's figures were measured
+        ("speculative rejection", "speculative-rejection", dict(n=n, first_decision_tokens=16)),
+        ("cards", "cards", dict(r_star="auto")),
         ("pf entropy", "particle-filtering", dict(n=n)),
         (f"pf {step} tokens", "particle-filtering", dict(n=n, step=str(step))),
         (f"pf {step} tokens ess 0.5", "particle-filtering", dict(n=n, step=str(step), ess_threshold=0.5)),
