@@ -25,6 +25,7 @@ from .errors import SecateursError
 from .methods import get_method
 from .methods.base import integer
 from .models import load_policy
+from .placement import load_models
 from .policy import Policy
 from .prompts import Prompt, make_prompt
 from .results import AlignResult
@@ -48,9 +49,13 @@ class Aligner:
         if not (policy is None or isinstance(policy, (Policy, str, os.PathLike))):
             raise SecateursError(f"policy must be a Policy, a model id or folder, or None (the default), "
                                  f"got {type(policy).__name__}")
-        policy = load_policy(policy)
-        self.policy, self.reward = policy, load_reward(reward, device=policy.device)
-        self.backend = backend or TransformersBackend(policy)
+        if backend is not None:
+            policy = load_policy(policy)
+            self.policy, self.reward = policy, load_reward(reward, device=policy.device)
+        else:  # as run and serve load them (a vllm: RM beside the policy on one GPU gets its share)
+            device = policy.device if isinstance(policy, Policy) else None
+            _, self.policy, self.reward = load_models(policy, reward, device=device)
+        self.backend = backend or TransformersBackend(self.policy)
         self.scheduler = Scheduler(self.backend, self.reward, max_batch_rows)
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         self._wake = threading.Event()
