@@ -57,3 +57,29 @@ def test_reward_takes_what_align_takes_a_plain_function_or_a_spec(tiny_policy):
 def test_bad_policy_or_reward_is_one_line_naming_it(tiny_policy, policy, reward, named):
     with pytest.raises(SecateursError, match=named):
         Aligner(tiny_policy if policy is None else policy, reward)
+
+
+@pytest.mark.parametrize("seed", [1.0, "1", True, None])
+def test_a_seed_that_is_not_an_integer_is_refused_at_submit(tiny_policy, seed):
+    """seed=1.0 or "1" would key other draws than seed=1 (the rule align() and the CLI already follow)."""
+    aligner = Aligner(tiny_policy, "sentiment", max_batch_rows=4)
+    try:
+        with pytest.raises(SecateursError, match=f"^seed must be an integer, got {seed!r}"):
+            asyncio.run(aligner.submit("how do i make tea", method="sampling", seed=seed, max_new_tokens=2))
+    finally:
+        aligner.close()
+
+
+def test_a_numpy_seed_answers_as_the_same_int(tiny_policy):
+    import numpy as np
+
+    aligner = Aligner(tiny_policy, "sentiment", max_batch_rows=4)
+    try:
+        async def both():
+            options = dict(method="sampling", max_new_tokens=6, prompt_id="p")
+            return (await aligner.submit("how do i make tea", seed=np.int64(5), **options),
+                    await aligner.submit("how do i make tea", seed=5, **options))
+        numpy_seed, int_seed = asyncio.run(both())
+    finally:
+        aligner.close()
+    assert numpy_seed.response == int_seed.response and numpy_seed.seed == 5

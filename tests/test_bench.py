@@ -148,3 +148,12 @@ def test_bench_help_config_keys_and_prompt_formats_agree(tiny_policy_folder, tmp
     section = readme[readme.index("## Comparing methods: `secateurs bench`"):readme.index("## Many workers")]
     for key in CONFIG_KEYS:
         assert f"`{key}`" in section, key
+
+
+def test_bench_spec_takes_a_numpy_seed_as_its_int(tmp_path):
+    import numpy as np
+
+    from secateurs.bench import BenchSpec
+
+    spec = BenchSpec(prompts=None, cells=[], out=tmp_path / "b", seed=np.int64(3), bootstrap=np.int32(200))
+    assert spec.seed == 3 and type(spec.seed) is int and spec.bootstrap == 200

@@ -23,7 +23,7 @@ from .calibration import alone
 from .config import build_config
 from .errors import SecateursError
 from .methods import get_method
-from .methods.base import integer
+from .methods.base import check_seed, integer
 from .models import load_policy
 from .placement import load_models
 from .policy import Policy
@@ -66,6 +66,7 @@ class Aligner:
     def request(self, prompt: Any, method: str = "best-of-n", seed: int = 0, prompt_id: str | None = None,
                 **options: Any) -> Request:
         """A validated request (bad options or a too-long prompt raise SecateursError here, before queueing)."""
+        seed = check_seed(seed)  # seed=1.0 or "1" would key other draws than seed=1
         config = build_config(method, options)
         config = alone(config)  # r_star dataset: the request is its own prompt set, i.e. auto
         check_capabilities(self.backend, method, get_method(method).needs)  # e.g. ARGS on vllm: refused now

@@ -14,6 +14,7 @@ from typing import Any
 from ..errors import SecateursError
 from ..config import build_config, option_specs
 from ..methods import get_method
+from ..methods.base import integer as is_integer
 
 
 @dataclass(frozen=True)
@@ -164,9 +165,9 @@ class BenchSpec:
                     value = int(value.strip())
                 except ValueError:
                     pass
-            if not isinstance(value, int) or isinstance(value, bool):
+            if not is_integer(value):  # numpy integers too (a seed drawn from an array)
                 raise SecateursError(f"bench setting '{key}' must be an integer, got {value!r}")
-            return value
+            return int(value)
 
         def number(key: str, value):
             if isinstance(value, str):
