@@ -76,3 +76,23 @@ def test_cli_takes_auto_and_names_a_bad_value(tiny_policy_folder, tmp_path, monk
     assert json.loads(out.read_text())["config"]["max_batch_rows"] == CPU_AUTO_ROWS
     code, err = run_main(monkeypatch, capsys, *common, "--max-batch-rows", "lots", "--out", tmp_path / "p.jsonl2")
     assert code != 0 and err.strip() == "error: --max-batch-rows must be an integer >= 1 or auto, got 'lots'"
+
+
+def test_serve_sizes_auto_rows_at_start(tiny_policy_folder, monkeypatch, capsys):
+    """serve resolves 'auto' once, after loading and before its first check (here: the default max_new_tokens
+    beyond the tiny policy's context, the same one line as with a number)."""
+    import secateurs.admission as admission
+
+    seen = []
+    original = admission.resolve_rows
+
+    def spy(config, *args, **kwargs):
+        out = original(config, *args, **kwargs)
+        seen.append((config.max_batch_rows, out.max_batch_rows))
+        return out
+
+    monkeypatch.setattr("secateurs.cli.resolve_rows", spy)
+    code, err = run_main(monkeypatch, capsys, "serve", "--port", "0", "--policy", tiny_policy_folder, "--reward",
+                         "sentiment", "--max-batch-rows", "auto", "--max-new-tokens", "100000")
+    assert seen == [("auto", CPU_AUTO_ROWS)]
+    assert code == 2 and err.startswith("error: max_new_tokens 100000 exceeds the policy's context")
