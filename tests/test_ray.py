@@ -205,3 +205,27 @@ def test_a_seed_that_is_not_an_integer_is_refused_before_ray_starts(seed):
 
     with pytest.raises(SecateursError, match=r"^seed must be an integer, got "):
         align_dataset(["hi"], "sampling", None, seed=seed)
+
+
+def test_a_reward_failing_on_some_prompts_fails_only_those_as_a_local_run(ray_local, tiny_policy_folder, tmp_path,
+                                                                          monkeypatch):
+    """The workers' answered prompts are written and the failures come back as one PromptsFailed naming them,
+    as in a local run (before, the first failing shard's error ended the run and its answered prompts were lost)."""
+    from secateurs.ray import align_dataset
+    from secateurs.runner import PromptsFailed
+
+    module = tmp_path / "picky_reward.py"
+    module.write_text("def score(prompt, response):\n"
+                      "    if 'green' in prompt or 'calm' in prompt:\n"
+                      "        raise ValueError('no colours, no calm')\n"
+                      "    return float(len(response))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    out = tmp_path / "ray.jsonl"
+    with pytest.raises(PromptsFailed) as e:
+        align_dataset(make_prompts(TEXTS), METHOD, config(), str(tiny_policy_folder), "py:picky_reward:score",
+                      seed=SEED, out=out, workers=2, shard_size=3)
+    failing = {str(i) for i, t in enumerate(TEXTS) if "green" in t or "calm" in t}
+    assert set(e.value.errors) == failing and "no colours, no calm" in str(e.value)
+    written = lines_by_id(out)
+    assert set(written) == {str(i) for i in range(len(TEXTS))} - failing  # every other prompt, once
+    assert [r.id for r in e.value.results] == [str(i) for i in range(len(TEXTS)) if str(i) not in failing]

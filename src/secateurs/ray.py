@@ -311,6 +311,8 @@ class RayWorkers:
         if shard_size is not None and (not isinstance(shard_size, int) or isinstance(shard_size, bool)
                                        or shard_size < 1):
             raise SecateursError(f"shard_size must be an integer >= 1, got {shard_size!r}")
+        from .runner import PromptsFailed
+
         prompt_list = resolve_prompts(prompts)
         calibration = None
         if wants_dataset_r_star(config) and prompt_list:  # one r* for the set, on the workers (calibration.py)
@@ -364,6 +366,7 @@ class RayWorkers:
         inflight: dict[Any, tuple[int, Any, list]] = {}
         load = [0] * len(self.actors)
         depth = 2  # tasks queued per actor: the next shard is ready when one finishes
+        failed: dict[str, BaseException] = {}  # as a local run: the others are answered, then one PromptsFailed
 
         def submit() -> None:
             while queue:
@@ -385,6 +388,9 @@ class RayWorkers:
                 load[slot] -= 1
                 try:
                     results = self._get(ref)
+                except PromptsFailed as e:  # the reward failed for some of the shard's prompts: keep the others
+                    failed.update(e.errors)
+                    results = e.results
                 except ray.exceptions.RayActorError as e:
                     # Ray's restarts and retries are spent, or the actor was killed for good:
                     # a fresh worker takes its place and the shard is handed out again.
@@ -392,7 +398,7 @@ class RayWorkers:
                     queue.appendleft(shard)
                     submit()
                     continue
-                if [r.id for r in results] != [p.id for p in shard]:
+                if [r.id for r in results] != [p.id for p in shard if p.id not in failed]:
                     raise SecateursError("a Ray worker returned results for other prompts than it was given")
                 for r in results:
                     if r.run_fingerprint != fingerprint:
@@ -407,7 +413,7 @@ class RayWorkers:
                 done.update((r.id, r) for r in new)
                 if on_results is not None and new:
                     on_results(new)
-                bar.update(len(new))
+                bar.update(len(shard) - len(results) + len(new))
                 submit()
         finally:
             bar.close()
@@ -418,6 +424,8 @@ class RayWorkers:
                     pass
             if writer is not None:
                 writer.close()
+        if failed:
+            raise PromptsFailed([done[p.id] for p in prompt_list if p.id in done], failed, len(prompt_list))
         return [done[p.id] for p in prompt_list]
 
 

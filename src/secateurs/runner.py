@@ -31,7 +31,7 @@ class PromptsFailed(RewardError):
     results in the prompts' order (already written to `out`, if given); `errors`: prompt id -> error."""
 
     def __init__(self, results: list[AlignResult], errors: dict[str, BaseException], total: int):
-        self.results, self.errors = results, errors
+        self.results, self.errors, self.total = results, errors, total
         ids = ", ".join(repr(i) for i in list(errors)[:5]) + (f" and {len(errors) - 5} more" if len(errors) > 5
                                                               else "")
         # The first failure leads (it names the reward and the prompt); then what became of the rest.
@@ -39,6 +39,9 @@ class PromptsFailed(RewardError):
                 f"the reward failed for {len(errors)} of {total} prompts ({ids}); the other {len(results)} were "
                 "answered")
         super().__init__(f"{next(iter(errors.values()))}; {rest}")
+
+    def __reduce__(self):  # rebuilt whole where it is unpickled (a Ray worker's failure reaches the driver)
+        return PromptsFailed, (self.results, self.errors, self.total)
 
 
 # Settings that decide how fast a run goes, not what it answers (answers depend only on the seed, prompt id
