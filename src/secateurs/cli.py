@@ -135,7 +135,7 @@ def _check_backend(backend, methods, use_ray) -> str:
 
 
 def _metavar(spec) -> str:
-    return {int: "INT", float: "FLOAT", tuple: "INT,INT,..."}.get(spec.kind, "TEXT")
+    return {int: "INT", float: "FLOAT", tuple: "INT,INT,...", (int, str): "INT|auto"}.get(spec.kind, "TEXT")
 
 
 def _print_comparison(prompts, by_method: dict[str, list]) -> None:
