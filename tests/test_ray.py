@@ -229,3 +229,17 @@ def test_a_reward_failing_on_some_prompts_fails_only_those_as_a_local_run(ray_lo
     written = lines_by_id(out)
     assert set(written) == {str(i) for i in range(len(TEXTS))} - failing  # every other prompt, once
     assert [r.id for r in e.value.results] == [str(i) for i in range(len(TEXTS)) if str(i) not in failing]
+
+
+def test_dataset_r_star_on_ray_equals_a_local_run(pool, tiny_policy_folder):
+    """CARDS' default r_star dataset: calibrated once on the workers, after every prompt is checked; the same
+    r* and answers as a local run."""
+    from secateurs.methods.cards import CardsConfig
+
+    config = CardsConfig(max_new_tokens=6, r_star_prompts=2, r_star_samples=2, max_retries=2)
+    prompts = make_prompts(TEXTS[:4])
+    on_ray = pool.run(prompts, "cards", config, seed=SEED)
+    local = run_prompts(prompts, "cards", config, load_policy(str(tiny_policy_folder)), load_reward(REWARD), seed=SEED)
+    assert [r.response for r in on_ray] == [r.response for r in local]
+    assert on_ray[0].details["r_star_calibration"]["r_star"] == local[0].details["r_star_calibration"]["r_star"]
+    assert all(r.config["r_star"] == local[0].config["r_star"] for r in on_ray)

@@ -36,6 +36,12 @@ def wants_dataset_r_star(config) -> bool:
     return getattr(config, "r_star", None) == "dataset"
 
 
+def calibration_record(results) -> dict | None:
+    """The `r_star dataset` calibration a set of results shares (value and cost, paid once), or None."""
+    return next((r.details["r_star_calibration"] for r in results if "r_star_calibration" in (r.details or {})),
+                None)
+
+
 def alone(config):
     """The config of a request answered alone (Aligner, the server): its prompt is its whole set, and the dataset
     formula on one prompt is auto's (mean + margin x that prompt's std), so r_star dataset runs as auto there."""

@@ -170,13 +170,13 @@ def _print_summary(by_method: dict[str, list]) -> None:
 
 def _total(results):
     """The results' costs added up, with an `r_star dataset` calibration (paid once for the set) counted once."""
+    from .calibration import calibration_record
     from .meter import Cost
 
     total = results[0].cost
     for r in results[1:]:
         total = total + r.cost
-    record = next((r.details["r_star_calibration"] for r in results if "r_star_calibration" in (r.details or {})),
-                  None)
+    record = calibration_record(results)
     return total + Cost.from_dict(record["cost"]) if record else total
 
 

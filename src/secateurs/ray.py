@@ -292,6 +292,35 @@ class RayWorkers:
         self.close()
 
     # -- a run ----------------------------------------------------------------------------------
+    def _agreed_fingerprint(self, method: str, config: DecodingConfig, seed: int) -> str:
+        """The configuration's fingerprint, the same on every worker (same library version and models everywhere);
+        the first call waits for the workers to start (and load their models)."""
+        refs = [a.describe.remote(method, config, seed) for a in self.actors]
+        if not self._ready:  # the first call waits for the workers to start (and load their models)
+            started, _ = self.ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout_s)
+            if len(started) < len(refs):
+                raise SecateursError(
+                    f"{len(refs) - len(started)} of {len(refs)} Ray workers did not start within "
+                    f"{self.start_timeout_s:g} s: the cluster may not have {self.cpus_per_worker:g} CPUs"
+                    + (f" and {self.gpus_per_worker:g} GPUs" if self.gpus_per_worker else "")
+                    + " free per worker (see `ray status`)")
+            self._ready = True
+        infos = self._get(refs)
+        for info in infos:
+            if "error" in info:
+                raise SecateursError(info["error"])
+        from . import __version__
+
+        versions = sorted({info["version"] for info in infos} - {__version__})
+        if versions:
+            raise SecateursError(f"Ray workers run secateurs {', '.join(versions)} but this process runs "
+                                 f"{__version__}: install the same version on every node")
+        fingerprints = {info["fingerprint"] for info in infos}
+        if len(fingerprints) > 1:
+            raise SecateursError("Ray workers disagree on the configuration fingerprint (different secateurs "
+                                 "versions or models on different nodes?): install the same everywhere")
+        return fingerprints.pop()
+
     def run(self, prompts: Any, method: str, config: DecodingConfig | dict | None = None, seed: int = 0,
             out: str | Path | None = None, progress: bool = False, shard_size: int | None = None,
             on_results: Callable[[list[AlignResult]], Any] | None = None,
@@ -314,38 +343,9 @@ class RayWorkers:
         from .runner import PromptsFailed
 
         prompt_list = resolve_prompts(prompts)
-        calibration = None
-        if wants_dataset_r_star(config) and prompt_list:  # one r* for the set, on the workers (calibration.py)
-            config, calibration = calibrate_r_star(resolve_prompts(calibration_prompts or prompt_list), config,
-                                                   lambda batch, m, c: self.run(batch, m, c, seed=seed))
         ray = self.ray
 
-        # Every worker must agree on the configuration (same library version and models everywhere).
-        refs = [a.describe.remote(method, config, seed) for a in self.actors]
-        if not self._ready:  # the first call waits for the workers to start (and load their models)
-            started, _ = ray.wait(refs, num_returns=len(refs), timeout=self.start_timeout_s)
-            if len(started) < len(refs):
-                raise SecateursError(
-                    f"{len(refs) - len(started)} of {len(refs)} Ray workers did not start within "
-                    f"{self.start_timeout_s:g} s: the cluster may not have {self.cpus_per_worker:g} CPUs"
-                    + (f" and {self.gpus_per_worker:g} GPUs" if self.gpus_per_worker else "")
-                    + " free per worker (see `ray status`)")
-            self._ready = True
-        infos = self._get(refs)
-        for info in infos:
-            if "error" in info:
-                raise SecateursError(info["error"])
-        from . import __version__
-
-        versions = sorted({info["version"] for info in infos} - {__version__})
-        if versions:
-            raise SecateursError(f"Ray workers run secateurs {', '.join(versions)} but this process runs "
-                                 f"{__version__}: install the same version on every node")
-        fingerprints = {info["fingerprint"] for info in infos}
-        if len(fingerprints) > 1:
-            raise SecateursError("Ray workers disagree on the configuration fingerprint (different secateurs "
-                                 "versions or models on different nodes?): install the same everywhere")
-        fingerprint = fingerprints.pop()
+        fingerprint = self._agreed_fingerprint(method, config, seed)
 
         # Bad prompts fail the run before any generation, as in a local run.
         chunk = 512
@@ -353,6 +353,11 @@ class RayWorkers:
                                                                  config.max_new_tokens)
                   for i, start in enumerate(range(0, len(prompt_list), chunk))]
         self._get(checks)
+        calibration = None
+        if wants_dataset_r_star(config) and prompt_list:  # one r* for the set, on the workers (calibration.py)
+            config, calibration = calibrate_r_star(resolve_prompts(calibration_prompts or prompt_list), config,
+                                                   lambda batch, m, c: self.run(batch, m, c, seed=seed))
+            fingerprint = self._agreed_fingerprint(method, config, seed)
 
         if out is not None:
             done, writer = open_results(Path(out), fingerprint, prompt_list)

@@ -12,6 +12,7 @@ from dataclasses import fields
 import numpy as np
 
 from .. import __version__
+from ..calibration import calibration_record
 from ..meter import Cost
 from ..metrics import improvement_score
 from .run import CellResults
@@ -22,8 +23,7 @@ from .stats import distinct_n, mean_interval, resample_indices, speedup, win_rat
 def charged_costs(results) -> list[Cost]:
     """Each result's cost plus an equal share of the cell's `r_star dataset` calibration (calibration.py): paid
     once for the prompt set, so a cell's per-prompt figures include it and compare fairly with `auto`."""
-    record = next((r.details["r_star_calibration"] for r in results if "r_star_calibration" in (r.details or {})),
-                  None)
+    record = calibration_record(results)
     if record is None:
         return [r.cost for r in results]
     total = Cost.from_dict(record["cost"])
@@ -75,8 +75,7 @@ def summarize(spec: BenchSpec, cells: list[CellResults], setting: dict) -> dict:
             "rm_positions": float(np.mean([c.rm_positions for c in costs])),  # computed, reuse excluded
             "peak_memory_bytes": int(max(c.peak_memory_bytes for c in costs)),
             # r_star dataset: its value and what calibrating it cost in all (included above, shared out)
-            "r_star_calibration": next((r.details["r_star_calibration"] for r in cell.results
-                                        if "r_star_calibration" in (r.details or {})), None),
+            "r_star_calibration": calibration_record(cell.results),
         }
         if cell is not reference:
             mine = cell.gold if judge == "gold" else rewards
